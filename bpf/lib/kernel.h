@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The few kernel-internal types sockhop reads, declared with
+ * preserve_access_index: clang records each field access as a CO-RE
+ * relocation and the loader rewrites the offsets against the running
+ * kernel's BTF. So no vmlinux.h is needed and a field that moves between
+ * kernel versions is still read correctly.
+ */
+#pragma once
+
+#include <linux/types.h>
+
+#define __co_re __attribute__((preserve_access_index))
+
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct kernfs_node {
+	__u64 id;
+} __co_re;
+
+struct cgroup {
+	int level;
+	struct kernfs_node *kn;
+	/* ancestors[level] is the cgroup itself, ancestors[0] the root. */
+	struct cgroup *ancestors[0];
+} __co_re;
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __co_re;
+
+struct sock {
+	kuid_t sk_uid;
+	void *sk_user_data;
+	struct sock_cgroup_data sk_cgrp_data;
+} __co_re;
+
+struct sk_buff {
+	int skb_iif;
+} __co_re;
+
+/* What bpf_cast_to_kern_ctx() returns for a sock_ops program. */
+struct bpf_sock_ops_kern {
+	struct sock *sk;
+	struct sk_buff *skb;
+} __co_re;
+
+/* What bpf_cast_to_kern_ctx() returns for an sk_msg program. */
+struct sk_msg {
+	struct sock *sk_redir;
+} __co_re;
+
+struct sk_psock {
+	/* Bytes redirected into this socket and not yet read. */
+	__u32 msg_tot_len;
+} __co_re;
+
+/* include/net/sock.h: low bits of sk_user_data tag what it points to. */
+#define SK_USER_DATA_PSOCK 4UL
+#define SK_USER_DATA_PTRMASK (~7UL)
+
+#define LOOPBACK_IFINDEX 1
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;

@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Pairing: at each end's ESTABLISHED callback, name the connection (struct
+ * sh_conn) and put the socket into the sockhash under (connection, side).
+ * The client end always completes first (it gets the SYN-ACK before the
+ * server gets the ACK), so the server end finds the client waiting in
+ * sockhop_pending and only then joins: a server socket never enters the
+ * sockhash without its peer.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+#include "kernel.h"
+#include "maps.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Deepest cgroup nesting searched for the attached pod directory. */
+#define SH_MAX_CGROUP_DEPTH 16
+
+/* Set from Go before load (see pkg/datapath). */
+volatile const __u32 sh_proxy_uids[4] = {1337, 2102, 5678, 0xffffffff};
+/* 1: redirect into any socket; 0: only into sockets owned by a proxy uid. */
+volatile const __u8 sh_app_receivers = 0;
+/* Bytes redirected into a receiver and not yet read before the sender's
+ * direction switches to TCP for good; 0 = unbounded. */
+volatile const __u32 sh_backlog_limit = 4 << 20;
+
+/*
+ * The attached pod this socket belongs to: the nearest ancestor of the
+ * socket's cgroup v2 (set when the socket was created) that has an entry in
+ * sockhop_pods. ancestors[] is indexed by a variable, which the verifier only
+ * allows through a probe read.
+ */
+static __always_inline struct sh_pod *sh_pod_of(struct sock *sk)
+{
+	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	int level = BPF_CORE_READ(cg, level);
+
+	for (int i = 0; i < SH_MAX_CGROUP_DEPTH; i++) {
+		struct cgroup *anc = NULL;
+		struct sh_pod *pod;
+		__u64 id;
+
+		if (level - i < 0)
+			break;
+		bpf_core_read(&anc, sizeof(anc), &cg->ancestors[level - i]);
+		if (!anc)
+			break;
+		id = BPF_CORE_READ(anc, kn, id);
+		pod = bpf_map_lookup_elem(&sockhop_pods, &id);
+		if (pod)
+			return pod;
+	}
+	return NULL;
+}
+
+static __always_inline int sh_port_excluded(const struct sh_pod *pod, __u16 port)
+{
+	for (int i = 0; i < SH_MAX_EXCLUDE_PORTS; i++) {
+		if (!pod->exclude_ports[i])
+			break;
+		if (pod->exclude_ports[i] == port)
+			return 1;
+	}
+	return 0;
+}
+
+/* Whether redirecting into this socket is safe: see "receiver classes" in
+ * the docs. Proxies read with recvmsg; arbitrary applications may splice()
+ * or use MSG_WAITALL, which do not see redirected data on affected kernels. */
+static __always_inline int sh_rx_safe(struct sock *sk)
+{
+	__u32 uid;
+
+	if (sh_app_receivers)
+		return 1;
+	uid = BPF_CORE_READ(sk, sk_uid.val);
+	for (int i = 0; i < 4; i++)
+		if (sh_proxy_uids[i] == uid)
+			return 1;
+	return 0;
+}
+
+/*
+ * Load a 32-bit sock_ops context field with the one instruction form the
+ * verifier accepts (ctx register + constant offset). Plain C lets clang
+ * compute ctx+offset into another register first, or select between two
+ * such pointers, and the verifier refuses a load through a modified ctx.
+ */
+#define SH_CTX_U32(ctx, field)                                                   \
+	({                                                                       \
+		__u32 __v;                                                       \
+		asm volatile("%0 = *(u32 *)(%1 + %2)"                            \
+			     : "=r"(__v)                                         \
+			     : "r"(ctx), "i"(__builtin_offsetof(struct bpf_sock_ops, field))); \
+		__v;                                                             \
+	})
+
+/* The socket's addresses as 16 bytes, IPv4 as v4-mapped IPv6. */
+static __always_inline void sh_addrs(struct bpf_sock_ops *skops, __u32 local[4],
+				     __u32 remote[4])
+{
+	if (skops->family == AF_INET) {
+		local[0] = 0;
+		local[1] = 0;
+		local[2] = bpf_htonl(0xffff);
+		local[3] = SH_CTX_U32(skops, local_ip4);
+		remote[0] = 0;
+		remote[1] = 0;
+		remote[2] = bpf_htonl(0xffff);
+		remote[3] = SH_CTX_U32(skops, remote_ip4);
+		return;
+	}
+	local[0] = SH_CTX_U32(skops, local_ip6[0]);
+	local[1] = SH_CTX_U32(skops, local_ip6[1]);
+	local[2] = SH_CTX_U32(skops, local_ip6[2]);
+	local[3] = SH_CTX_U32(skops, local_ip6[3]);
+	remote[0] = SH_CTX_U32(skops, remote_ip6[0]);
+	remote[1] = SH_CTX_U32(skops, remote_ip6[1]);
+	remote[2] = SH_CTX_U32(skops, remote_ip6[2]);
+	remote[3] = SH_CTX_U32(skops, remote_ip6[3]);
+}
+
+static __always_inline int sh_is_pod_ip(const __u32 ip[4])
+{
+	struct sh_ip key = {};
+
+	__builtin_memcpy(key.addr, ip, sizeof(key.addr));
+	return bpf_map_lookup_elem(&sockhop_podips, &key) != NULL;
+}
+
+static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
+					   struct sock *sk, struct sh_key *key)
+{
+	struct sh_pending pending = {};
+	struct sh_pending *old;
+	struct sh_sock *state;
+	long err;
+
+	if (sh_rx_safe(sk))
+		pending.flags = SH_CONN_CLIENT_RX_SAFE;
+	err = bpf_map_update_elem(&sockhop_pending, &key->conn, &pending, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST */) {
+		sh_count(SH_STAT_ERR_PENDING, 1);
+		return;
+	}
+	if (err) {
+		/* Another socket named this connection first: neither pairs. */
+		old = bpf_map_lookup_elem(&sockhop_pending, &key->conn);
+		if (old)
+			__sync_fetch_and_or(&old->flags, SH_CONN_AMBIGUOUS);
+		sh_count(SH_STAT_SKIP_AMBIGUOUS, 1);
+		return;
+	}
+
+	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!state) {
+		sh_count(SH_STAT_ERR_STORAGE, 1);
+		bpf_map_delete_elem(&sockhop_pending, &key->conn);
+		return;
+	}
+	state->peer = *key;
+	state->peer.side = SH_SERVER;
+	state->tx = SH_TX_PENDING;
+
+	if (bpf_sock_hash_update(skops, &sockhop_socks, key, BPF_NOEXIST)) {
+		sh_count(SH_STAT_ERR_SOCKHASH, 1);
+		bpf_map_delete_elem(&sockhop_pending, &key->conn);
+		return;
+	}
+	sh_count(SH_STAT_PAIRED_CLIENT, 1);
+}
+
+static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
+					   struct sock *sk, struct sh_key *key)
+{
+	struct sh_key client = *key;
+	struct sh_pending *pending;
+	struct sh_sock *state;
+	__u64 flags, join;
+	int c2s, s2c;
+
+	client.side = SH_CLIENT;
+	pending = bpf_map_lookup_elem(&sockhop_pending, &key->conn);
+	if (!pending) {
+		sh_count(SH_STAT_SKIP_NO_CLIENT, 1);
+		return;
+	}
+	flags = pending->flags;
+	if (flags & (SH_CONN_PAIRED | SH_CONN_AMBIGUOUS)) {
+		__sync_fetch_and_or(&pending->flags, SH_CONN_AMBIGUOUS);
+		bpf_map_delete_elem(&sockhop_socks, &client);
+		sh_count(SH_STAT_SKIP_AMBIGUOUS, 1);
+		return;
+	}
+
+	c2s = sh_rx_safe(sk);
+	s2c = flags & SH_CONN_CLIENT_RX_SAFE;
+	if (!c2s && !s2c) {
+		/* Neither direction may redirect: take the client back out so
+		 * that it costs nothing. It has sent nothing through the
+		 * sockhash (its first send finds no SH_CONN_PAIRED). */
+		bpf_map_delete_elem(&sockhop_socks, &client);
+		bpf_map_delete_elem(&sockhop_pending, &key->conn);
+		sh_count(SH_STAT_TX_UNSAFE_RX, 2);
+		return;
+	}
+
+	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!state) {
+		sh_count(SH_STAT_ERR_STORAGE, 1);
+		return;
+	}
+	state->peer = client;
+	state->tx = s2c ? SH_TX_REDIRECT : SH_TX_UNSAFE_RX;
+
+	if (bpf_sock_hash_update(skops, &sockhop_socks, key, BPF_NOEXIST)) {
+		sh_count(SH_STAT_ERR_SOCKHASH, 1);
+		return;
+	}
+	join = SH_CONN_PAIRED;
+	if (c2s)
+		join |= SH_CONN_SERVER_RX_SAFE;
+	__sync_fetch_and_or(&pending->flags, join);
+	if (!s2c)
+		sh_count(SH_STAT_TX_UNSAFE_RX, 1);
+	sh_count(SH_STAT_PAIRED_SERVER, 1);
+}
+
+static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_side side)
+{
+	struct bpf_sock_ops_kern *kctx;
+	__u32 local_ip[4], remote_ip[4];
+	__u16 local_port, remote_port;
+	struct sh_key key = {};
+	struct sh_pod *pod;
+	struct bpf_sock *bsk;
+	struct sk_buff *skb;
+	struct sock *sk;
+
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return;
+	/* Data already flowed (TCP Fast Open): too late to pair in order. */
+	if (skops->data_segs_in || skops->data_segs_out) {
+		sh_count(SH_STAT_SKIP_DATA, 1);
+		return;
+	}
+
+	bsk = skops->sk;
+	if (!bsk)
+		return;
+	kctx = bpf_cast_to_kern_ctx(skops);
+	sk = kctx->sk;
+	skb = kctx->skb;
+	if (!sk || !skb)
+		return;
+
+	pod = sh_pod_of(sk);
+	if (!pod) {
+		sh_count(SH_STAT_SKIP_NO_POD, 1);
+		return;
+	}
+	local_port = skops->local_port;
+	remote_port = bpf_ntohl(skops->remote_port);
+	if (sh_port_excluded(pod, local_port) || sh_port_excluded(pod, remote_port)) {
+		sh_count(SH_STAT_SKIP_EXCLUDED, 1);
+		return;
+	}
+
+	sh_addrs(skops, local_ip, remote_ip);
+	/* The interface the handshake's last packet came in on: loopback
+	 * means both ends live in this network namespace (plain loopback or
+	 * iptables REDIRECT); anything else is another namespace, paired only
+	 * when both IPs are this node's accelerated pods. */
+	if (BPF_CORE_READ(skb, skb_iif) == LOOPBACK_IFINDEX) {
+		key.conn.netns = bpf_get_netns_cookie(skops);
+	} else if (!sh_is_pod_ip(local_ip) || !sh_is_pod_ip(remote_ip)) {
+		sh_count(SH_STAT_SKIP_REMOTE, 1);
+		return;
+	}
+
+	key.side = side;
+	if (side == SH_CLIENT) {
+		__builtin_memcpy(key.conn.client_ip, local_ip, sizeof(local_ip));
+		key.conn.client_port = local_port;
+		key.conn.client_seq = skops->snd_una;
+		key.conn.server_seq = skops->rcv_nxt;
+		sh_pair_client(skops, bsk, sk, &key);
+	} else {
+		__builtin_memcpy(key.conn.client_ip, remote_ip, sizeof(remote_ip));
+		key.conn.client_port = remote_port;
+		key.conn.client_seq = skops->rcv_nxt;
+		key.conn.server_seq = skops->snd_una;
+		sh_pair_server(skops, bsk, sk, &key);
+	}
+}

@@ -1,0 +1,81 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Counters are the datapath's totals since it was first loaded on this node.
+type Counters struct {
+	// PairedSockets counts sockets put into the sockhash (two per connection).
+	PairedSockets      uint64
+	RedirectedMessages uint64
+	RedirectedBytes    uint64
+	// TCPMessages and TCPBytes count sends of paired sockets that went
+	// through TCP (a direction that left the redirect path, or never took it).
+	TCPMessages uint64
+	TCPBytes    uint64
+	// Passthrough counts, by reason, connections or directions left on TCP.
+	Passthrough map[string]uint64
+	// MapErrors counts failed map operations, by map.
+	MapErrors map[string]uint64
+}
+
+// Reasons in Counters.Passthrough.
+const (
+	ReasonNoPeer       = "no_peer"         // a direction whose peer was not paired by its first send, or left
+	ReasonUnsafeRx     = "unsafe_receiver" // a direction into a receiver redirect is not safe for
+	ReasonBackpressure = "backpressure"    // a direction whose receiver fell behind the bound
+	ReasonDataFlowed   = "data_flowed"     // a connection that carried data before it was established (TFO)
+	ReasonRemote       = "remote"          // a connection to a peer outside this node's accelerated pods
+	ReasonExcluded     = "excluded_port"   // a connection on an excluded port
+	ReasonNoPod        = "no_pod"          // a socket of a cgroup without a pod entry
+	ReasonNoClient     = "no_client"       // a server end whose client end is not accelerated
+	ReasonAmbiguous    = "ambiguous"       // two sockets claimed one connection: none paired
+)
+
+// Counters sums the per-CPU counters.
+func (d *Datapath) Counters() (Counters, error) {
+	var per []uint64
+	get := func(s sockhopShStat) uint64 {
+		if err := d.objs.SockhopStats.Lookup(uint32(s), &per); err != nil {
+			return 0
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		return sum
+	}
+	// Probe one key first so that a broken map is an error, not zeros.
+	if err := d.objs.SockhopStats.Lookup(uint32(0), &per); err != nil {
+		return Counters{}, fmt.Errorf("read counters: %w", err)
+	}
+	return Counters{
+		PairedSockets:      get(sockhopShStatSH_STAT_PAIRED_CLIENT) + get(sockhopShStatSH_STAT_PAIRED_SERVER),
+		RedirectedMessages: get(sockhopShStatSH_STAT_REDIR_MSGS),
+		RedirectedBytes:    get(sockhopShStatSH_STAT_REDIR_BYTES),
+		TCPMessages:        get(sockhopShStatSH_STAT_TCP_MSGS),
+		TCPBytes:           get(sockhopShStatSH_STAT_TCP_BYTES),
+		Passthrough: map[string]uint64{
+			ReasonNoPeer:       get(sockhopShStatSH_STAT_TX_NO_PEER),
+			ReasonUnsafeRx:     get(sockhopShStatSH_STAT_TX_UNSAFE_RX),
+			ReasonBackpressure: get(sockhopShStatSH_STAT_TX_BACKPRESSURE),
+			ReasonDataFlowed:   get(sockhopShStatSH_STAT_SKIP_DATA),
+			ReasonRemote:       get(sockhopShStatSH_STAT_SKIP_REMOTE),
+			ReasonExcluded:     get(sockhopShStatSH_STAT_SKIP_EXCLUDED),
+			ReasonNoPod:        get(sockhopShStatSH_STAT_SKIP_NO_POD),
+			ReasonNoClient:     get(sockhopShStatSH_STAT_SKIP_NO_CLIENT),
+			ReasonAmbiguous:    get(sockhopShStatSH_STAT_SKIP_AMBIGUOUS),
+		},
+		MapErrors: map[string]uint64{
+			"sockhash":       get(sockhopShStatSH_STAT_ERR_SOCKHASH),
+			"socket_storage": get(sockhopShStatSH_STAT_ERR_STORAGE),
+			"pending":        get(sockhopShStatSH_STAT_ERR_PENDING),
+		},
+	}, nil
+}
+
+// nativeU32 reads 4 bytes of a network-order address as the BPF program
+// sees them in a __u32 (little-endian hosts: bpfel objects).
+func nativeU32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }

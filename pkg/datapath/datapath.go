@@ -1,0 +1,237 @@
+// Package datapath owns sockhop's BPF programs and maps: it loads them (or
+// re-opens the pinned ones), attaches the sockops program to cgroups through
+// pinned bpf_links, and reads the counters. It is the only package that
+// imports github.com/cilium/ebpf.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// DefaultPinDir is where the agent and the CLI keep sockhop's pins.
+const DefaultPinDir = "/sys/fs/bpf/sockhop"
+
+// DefaultProxyUIDs are the uids sidecar proxies run as: Istio's Envoy (1337),
+// Linkerd's proxy (2102) and Kuma's Envoy (5678).
+var DefaultProxyUIDs = []uint32{1337, 2102, 5678}
+
+// DefaultBacklogLimit is how many redirected bytes a receiver may leave
+// unread before its sender's direction goes back to TCP, whose window then
+// holds the sender back (docs/hazards.md).
+const DefaultBacklogLimit = 1 << 20
+
+const (
+	mapsDir   = "maps"
+	linksDir  = "links"
+	msgLinkID = "sk_msg"
+	noUID     = 0xffffffff
+)
+
+// Options configure Load.
+type Options struct {
+	// PinDir is the bpffs directory holding every pin; "" means DefaultPinDir.
+	PinDir string
+	// ProxyUIDs own the sockets that are always safe to redirect into
+	// (at most 4; nil means DefaultProxyUIDs).
+	ProxyUIDs []uint32
+	// AppReceivers allows redirecting into sockets of any owner. Safe only
+	// where the kernel passes the hazard self-test (SelfTest).
+	AppReceivers bool
+	// BacklogLimit bounds the unread redirected bytes per receiver; 0 means
+	// DefaultBacklogLimit, a negative value means unbounded.
+	BacklogLimit int
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.PinDir == "" {
+		o.PinDir = DefaultPinDir
+	}
+	if o.ProxyUIDs == nil {
+		o.ProxyUIDs = DefaultProxyUIDs
+	}
+	if len(o.ProxyUIDs) > 4 {
+		return o, fmt.Errorf("at most 4 proxy uids are supported, got %d", len(o.ProxyUIDs))
+	}
+	if o.BacklogLimit == 0 {
+		o.BacklogLimit = DefaultBacklogLimit
+	}
+	if o.BacklogLimit > 1<<31 {
+		return o, fmt.Errorf("backlog limit %d is larger than 2 GiB", o.BacklogLimit)
+	}
+	return o, nil
+}
+
+// Datapath is a loaded sockhop datapath. Its maps and links are pinned and
+// outlive the process: Close releases this process's handles only.
+type Datapath struct {
+	opts Options
+	objs sockhopObjects
+}
+
+// Load checks that the kernel has every feature sockhop needs, loads the
+// programs and re-uses the pinned maps (creating them on first use), then
+// points every pinned link at the new programs: a restarted or upgraded
+// agent carries on with the live sockets of the one before it.
+func Load(opts Options) (*Datapath, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := Probe(); err != nil {
+		return nil, err
+	}
+	if err := ensurePinDir(opts.PinDir); err != nil {
+		return nil, err
+	}
+
+	spec, err := newSpec(opts)
+	if err != nil {
+		return nil, err
+	}
+	for name, m := range spec.Maps {
+		if strings.HasPrefix(name, "sockhop_") {
+			m.Pinning = ebpf.PinByName
+		}
+	}
+	d := &Datapath{opts: opts}
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: filepath.Join(opts.PinDir, mapsDir)},
+	})
+	if err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("pinned maps in %s belong to an incompatible sockhop version (uninstall it first): %w", opts.PinDir, err)
+		}
+		return nil, fmt.Errorf("load sockhop BPF objects: %w", verifierError(err))
+	}
+	if err := d.relink(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// newSpec parses the embedded objects and sets the runtime constants.
+func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
+	spec, err := loadSockhop()
+	if err != nil {
+		return nil, fmt.Errorf("parse BPF objects: %w", err)
+	}
+	uids := [4]uint32{noUID, noUID, noUID, noUID}
+	copy(uids[:], opts.ProxyUIDs)
+	limit := uint32(0)
+	if opts.BacklogLimit > 0 {
+		limit = uint32(opts.BacklogLimit)
+	}
+	appRx := uint8(0)
+	if opts.AppReceivers {
+		appRx = 1
+	}
+	for name, v := range map[string]any{
+		sockhopVarShProxyUids:    uids,
+		sockhopVarShBacklogLimit: limit,
+		sockhopVarShAppReceivers: appRx,
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return spec, nil
+}
+
+// relink makes the pinned links run this process's programs, creating the
+// sk_msg link on first use. A link update is atomic: no send or handshake
+// runs without a program.
+func (d *Datapath) relink() error {
+	dir := filepath.Join(d.opts.PinDir, linksDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	msgPin := filepath.Join(dir, msgLinkID)
+	l, err := link.LoadPinnedLink(msgPin, nil)
+	switch {
+	case err == nil:
+		err = l.Update(d.objs.SockhopMsg)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("update sk_msg link: %w", err)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		l, err := link.AttachRawLink(link.RawLinkOptions{
+			Target:  d.objs.SockhopSocks.FD(),
+			Program: d.objs.SockhopMsg,
+			Attach:  ebpf.AttachSkMsgVerdict,
+		})
+		if err != nil {
+			return fmt.Errorf("attach sk_msg to the sockhash: %w", featureErr("bpf_link for sk_msg (Linux 6.10)", err))
+		}
+		defer l.Close()
+		if err := l.Pin(msgPin); err != nil {
+			return fmt.Errorf("pin sk_msg link: %w", err)
+		}
+	default:
+		return fmt.Errorf("open sk_msg link: %w", err)
+	}
+
+	return d.eachCgroupLink(func(id uint64, l link.Link) error {
+		if err := l.Update(d.objs.SockhopSockops); err != nil {
+			return fmt.Errorf("update sockops link of cgroup %d: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// Close releases this process's handles. Pins, links and the sockets in
+// the sockhash stay: connections keep being accelerated.
+func (d *Datapath) Close() error {
+	return d.objs.Close()
+}
+
+// Uninstall removes every link and pin under pinDir. New connections are no
+// longer paired; sockets in the sockhash leave it when the map is freed and
+// carry on through TCP, in order (a direction leaves the redirect path once).
+func Uninstall(pinDir string) error {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var errs []error
+	linkDir := filepath.Join(pinDir, linksDir)
+	entries, err := os.ReadDir(linkDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range entries {
+		path := filepath.Join(linkDir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open link %s: %w", path, err))
+			continue
+		}
+		// Unpinning drops the last reference: the link detaches.
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
+		}
+		l.Close()
+	}
+	if err := os.RemoveAll(pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
+	}
+	return errors.Join(errs...)
+}
+
+func verifierError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%+v", ve)
+	}
+	return err
+}

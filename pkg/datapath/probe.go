@@ -1,0 +1,133 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotSupported is wrapped by every error that means "this kernel cannot
+// run sockhop": traffic then flows through TCP as if sockhop were absent.
+var ErrNotSupported = errors.New("not supported by this kernel")
+
+// FeatureError names the kernel feature sockhop is missing.
+type FeatureError struct {
+	Feature string
+	Err     error
+}
+
+func (e *FeatureError) Error() string {
+	return fmt.Sprintf("kernel lacks %s: %v", e.Feature, e.Err)
+}
+
+func (e *FeatureError) Unwrap() []error { return []error{ErrNotSupported, e.Err} }
+
+func featureErr(feature string, err error) error {
+	if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+		return &FeatureError{Feature: feature, Err: err}
+	}
+	return err
+}
+
+// Check is one kernel feature sockhop relies on.
+type Check struct {
+	Name string
+	Err  error // nil when present
+}
+
+// Checks probes, by loading tiny programs, every kernel feature the
+// datapath needs. Debian's bpftool claims helpers that the kernel rejects
+// for a program type, so nothing is taken from a listing.
+func Checks() []Check {
+	helper := func(pt ebpf.ProgramType, fn asm.BuiltinFunc) func() error {
+		return func() error { return features.HaveProgramHelper(pt, fn) }
+	}
+	probes := []struct {
+		name string
+		fn   func() error
+	}{
+		{"kernel BTF (/sys/kernel/btf/vmlinux)", func() error { _, err := btf.LoadKernelSpec(); return err }},
+		{"program type sock_ops", func() error { return features.HaveProgramType(ebpf.SockOps) }},
+		{"program type sk_msg", func() error { return features.HaveProgramType(ebpf.SkMsg) }},
+		{"map type sockhash", func() error { return features.HaveMapType(ebpf.SockHash) }},
+		{"map type sk_storage", func() error { return features.HaveMapType(ebpf.SkStorage) }},
+		{"sock_ops helper bpf_sock_hash_update", helper(ebpf.SockOps, asm.FnSockHashUpdate)},
+		{"sock_ops helper bpf_sk_storage_get", helper(ebpf.SockOps, asm.FnSkStorageGet)},
+		{"sock_ops helper bpf_get_netns_cookie", helper(ebpf.SockOps, asm.FnGetNetnsCookie)},
+		{"sock_ops helper bpf_probe_read_kernel", helper(ebpf.SockOps, asm.FnProbeReadKernel)},
+		{"sk_msg helper bpf_msg_redirect_hash", helper(ebpf.SkMsg, asm.FnMsgRedirectHash)},
+		{"sk_msg helper bpf_sk_storage_get", helper(ebpf.SkMsg, asm.FnSkStorageGet)},
+		{"sk_msg helper bpf_probe_read_kernel", helper(ebpf.SkMsg, asm.FnProbeReadKernel)},
+	}
+	checks := make([]Check, 0, len(probes))
+	for _, p := range probes {
+		checks = append(checks, Check{Name: p.name, Err: p.fn()})
+	}
+	return checks
+}
+
+// Probe returns a *FeatureError for the first missing feature.
+func Probe() error {
+	for _, c := range Checks() {
+		if c.Err != nil {
+			return featureErr(c.Name, c.Err)
+		}
+	}
+	return nil
+}
+
+const bpffsRoot = "/sys/fs/bpf"
+
+// ensurePinDir creates dir on a bpffs, mounting bpffs at /sys/fs/bpf when
+// nothing is mounted there (as every eBPF agent does); it never remounts.
+func ensurePinDir(dir string) error {
+	if err := mountBPFFSIfAbsent(dir); err != nil {
+		return err
+	}
+	parent := dir
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(parent, &st)
+		if err == nil {
+			if st.Type != unix.BPF_FS_MAGIC {
+				return fmt.Errorf("pin directory %s is not on a bpf filesystem", dir)
+			}
+			break
+		}
+		if !errors.Is(err, unix.ENOENT) || parent == "/" {
+			return fmt.Errorf("stat %s: %w", parent, err)
+		}
+		parent = filepath.Dir(parent)
+	}
+	for _, sub := range []string{mapsDir, linksDir} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return fmt.Errorf("create pin directory: %w", err)
+		}
+	}
+	return nil
+}
+
+func mountBPFFSIfAbsent(dir string) error {
+	if dir != bpffsRoot && !strings.HasPrefix(dir, bpffsRoot+"/") {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(bpffsRoot, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", bpffsRoot, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpf", bpffsRoot, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", bpffsRoot, err)
+	}
+	return nil
+}
