@@ -1,0 +1,85 @@
+# shellcheck shell=bash disable=SC2034 # settings used by the scripts that source this file
+# Shared settings of the e2e cluster scripts. Sourced, never run.
+#
+# Everything is keyed by the versions below, so changing one builds a new set of
+# binaries next to the old ones instead of mixing them.
+
+K8S_VERSION=${K8S_VERSION:-v1.37.2}
+ETCD_VERSION=${ETCD_VERSION:-v3.7.0}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+
+# Built binaries live outside the repository: they are ~700 MB.
+SOCKHOP_CACHE=${SOCKHOP_CACHE:-/var/cache/sockhop}
+BIN_KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-containerd-${CONTAINERD_VERSION}-helm-${HELM_VERSION}"
+BIN_DIR="${SOCKHOP_CACHE}/bin/${BIN_KEY}"
+# The throw-away Go module that builds Kubernetes and etcd.
+WRAPPER_DIR="${SOCKHOP_CACHE}/src/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}"
+
+# Runtime state of a running cluster (pids, certificates, configs, kubeconfig).
+SOCKHOP_E2E_STATE=${SOCKHOP_E2E_STATE:-/run/sockhop-e2e}
+STATE_DIR=${SOCKHOP_E2E_STATE}
+KUBECONFIG_PATH="${STATE_DIR}/kubeconfig"
+PID_DIR="${STATE_DIR}/pids"
+LOG_DIR="${STATE_DIR}/logs"
+CONTAINERD_SOCK="${STATE_DIR}/containerd/containerd.sock"
+# The cgroup parent given to kubelet as cgroupRoot; created in every hierarchy. The
+# cluster's own daemons run in its child "node" (in the cgroup v2 hierarchy), so every
+# process the cluster starts, down to containers and shims, can be found again.
+CGROUP_ROOT_NAME=${SOCKHOP_E2E_CGROUP_ROOT:-sockhop-e2e}
+
+# The node's network, all inside the cluster's private network namespace.
+NODE_NAME=sockhop-e2e
+BRIDGE=sockhop0
+NODE_IP=10.88.0.1
+POD_SUBNET=10.88.0.0/16
+SERVICE_CIDR=10.96.0.0/16
+API_SERVICE_IP=10.96.0.1
+# The sandbox image: built from e2e/image/pause, imported, never pulled.
+PAUSE_IMAGE=docker.io/sockhop/pause:e2e
+# Debian puts the CNI plugins here.
+CNI_BIN_DIR=/usr/lib/cni
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+# log prints a progress line with the seconds elapsed since the script started.
+log() {
+	printf '[%s +%3ds] %s\n' "$(basename "$0" .sh)" "${SECONDS}" "$*" >&2
+}
+
+die() {
+	log "error: $*"
+	exit 1
+}
+
+need_root() {
+	[[ ${EUID} -eq 0 ]] || die "must run as root"
+}
+
+# holder_pid prints the PID of the process holding the cluster's namespaces, if it is
+# running and is the one up.sh started (same network namespace as recorded).
+holder_pid() {
+	local pid netns
+	[[ -r "${PID_DIR}/holder" ]] || return 1
+	read -r pid netns <"${PID_DIR}/holder" || return 1
+	[[ -n ${pid} && $(readlink "/proc/${pid}/ns/net" 2>/dev/null) == "${netns}" ]] || return 1
+	echo "${pid}"
+}
+
+# ns_exec runs a command inside the cluster's network and mount namespaces, in the
+# current directory (nsenter would otherwise start in /).
+ns_exec() {
+	local pid
+	pid=$(holder_pid) || die "the e2e cluster is not up (no namespace holder); run e2e/cluster/up.sh"
+	nsenter --target "${pid}" --net --mount --wd="${PWD}" -- "$@"
+}
+
+# cgroup_mounts prints the mount point of every cgroup hierarchy (v1 and v2).
+cgroup_mounts() {
+	awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/self/mounts | sort -u
+}
+
+# cgroup2_mount prints the mount point of the cgroup v2 hierarchy.
+cgroup2_mount() {
+	awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts
+}
