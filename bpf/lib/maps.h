@@ -155,6 +155,8 @@ static __always_inline void sh_count(enum sh_stat stat, __u64 n)
 	__u32 key = stat;
 	__u64 *v = bpf_map_lookup_elem(&sockhop_stats, &key);
 
+	/* Atomic although per-CPU: sk_msg runs in process context and can be
+	 * preempted, or interrupted by sockops in softirq, on the same CPU. */
 	if (v)
-		*v += n; /* per-CPU: no atomics needed */
+		__sync_fetch_and_add(v, n);
 }

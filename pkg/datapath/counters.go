@@ -79,3 +79,20 @@ func (d *Datapath) Counters() (Counters, error) {
 // nativeU32 reads 4 bytes of a network-order address as the BPF program
 // sees them in a __u32 (little-endian hosts: bpfel objects).
 func nativeU32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
+
+// Sockets counts the sockets in the sockhash now.
+func (d *Datapath) Sockets() (int, error) {
+	var (
+		key sockhopShKey
+		n   int
+	)
+	iter := d.objs.SockhopSocks.Iterate()
+	var val uint64
+	for iter.Next(&key, &val) {
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		return n, fmt.Errorf("list sockhash: %w", err)
+	}
+	return n, nil
+}

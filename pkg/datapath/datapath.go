@@ -25,7 +25,7 @@ var DefaultProxyUIDs = []uint32{1337, 2102, 5678}
 // DefaultBacklogLimit is how many redirected bytes a receiver may leave
 // unread before its sender's direction goes back to TCP, whose window then
 // holds the sender back (docs/hazards.md).
-const DefaultBacklogLimit = 1 << 20
+const DefaultBacklogLimit = 3 << 20
 
 const (
 	mapsDir   = "maps"

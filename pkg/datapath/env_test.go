@@ -1,0 +1,213 @@
+package datapath_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"testing"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
+	"github.com/sockhop/sockhop/pkg/testbed"
+)
+
+func TestMain(m *testing.M) {
+	// Peer processes of the kernel tests are this binary, re-executed.
+	testbed.RunPeerIfRequested()
+	os.Exit(m.Run())
+}
+
+// requireRoot skips kernel tests for non-root users, except in CI, where a
+// skipped kernel test would hide that nothing was tested.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("kernel tests need root; CI must run them as root")
+	}
+	t.Skip("kernel test: needs root to load BPF programs and create cgroups and network namespaces")
+}
+
+// streamBytes is how many bytes each stream test moves per topology and
+// direction (SOCKHOP_TEST_MIB overrides, in MiB).
+func streamBytes() int64 {
+	if v, err := strconv.Atoi(os.Getenv("SOCKHOP_TEST_MIB")); err == nil && v > 0 {
+		return int64(v) << 20
+	}
+	return 512 << 20 // 512 MiB each way: 1 GiB per topology
+}
+
+type env struct {
+	t      testing.TB
+	bed    *testbed.Bed
+	dp     *datapath.Datapath
+	pinDir string
+	opts   datapath.Options
+}
+
+func newEnv(t testing.TB, opts datapath.Options) *env {
+	t.Helper()
+	requireRoot(t)
+	bed, err := testbed.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, bed: bed, pinDir: "/sys/fs/bpf/sockhop-test-" + bed.ID()}
+	t.Cleanup(func() {
+		if e.dp != nil {
+			e.dp.Close()
+		}
+		if err := datapath.Uninstall(e.pinDir); err != nil {
+			t.Error(err)
+		}
+		if err := bed.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	opts.PinDir = e.pinDir
+	e.opts = opts
+	e.dp, err = datapath.Load(opts)
+	if err != nil {
+		t.Fatalf("load datapath: %+v", err)
+	}
+	return e
+}
+
+type pod struct {
+	name   string
+	ns     *testbed.NetNS
+	cgroup string
+	ip     netip.Addr
+}
+
+// pod makes a network namespace and a cgroup; attach says whether the
+// datapath accelerates it.
+func (e *env) pod(name string, attach bool) *pod {
+	e.t.Helper()
+	ns, err := e.bed.NetNS(name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cg, err := e.bed.Cgroup(name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if attach {
+		if err := e.dp.Attach(cg, datapath.PodConfig{}); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	return &pod{name: name, ns: ns, cgroup: cg}
+}
+
+// link joins two pods with a veth and gives them addresses in 198.18.0.0/24
+// (the benchmarking range, private to these namespaces).
+func (e *env) link(a, z *pod, aIP, zIP string) {
+	e.t.Helper()
+	a.ip, z.ip = netip.MustParseAddr(aIP), netip.MustParseAddr(zIP)
+	bits := 24
+	if a.ip.Is6() {
+		bits = 64
+	}
+	if err := e.bed.Veth(a.ns, netip.PrefixFrom(a.ip, bits), z.ns, netip.PrefixFrom(z.ip, bits)); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) server(p *pod, uid int, spec testbed.PeerSpec) *testbed.Peer {
+	e.t.Helper()
+	spec.Role = testbed.RoleServer
+	spec.NetNS, spec.Cgroup, spec.UID = p.ns.Name, p.cgroup, uid
+	peer, err := e.bed.Start(spec)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return peer
+}
+
+func (e *env) proxy(p *pod, spec testbed.PeerSpec) *testbed.Peer {
+	e.t.Helper()
+	spec.Role = testbed.RoleProxy
+	spec.NetNS, spec.Cgroup, spec.UID = p.ns.Name, p.cgroup, istioProxyUID
+	peer, err := e.bed.Start(spec)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return peer
+}
+
+func (e *env) client(p *pod, uid int, spec testbed.PeerSpec) testbed.Result {
+	e.t.Helper()
+	res, err := e.startClient(p, uid, spec).Wait()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return res
+}
+
+func (e *env) startClient(p *pod, uid int, spec testbed.PeerSpec) *testbed.Peer {
+	e.t.Helper()
+	spec.Role = testbed.RoleClient
+	spec.NetNS, spec.Cgroup, spec.UID = p.ns.Name, p.cgroup, uid
+	peer, err := e.bed.Start(spec)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return peer
+}
+
+func (e *env) counters() datapath.Counters {
+	e.t.Helper()
+	c, err := e.dp.Counters()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+func (e *env) run(ns *testbed.NetNS, args ...string) {
+	e.t.Helper()
+	if err := ns.Run(args...); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// delta is what happened between two counter readings.
+type delta struct {
+	paired, redirBytes, tcpBytes uint64
+	pass                         map[string]uint64
+}
+
+func diff(before, after datapath.Counters) delta {
+	d := delta{
+		paired:     after.PairedSockets - before.PairedSockets,
+		redirBytes: after.RedirectedBytes - before.RedirectedBytes,
+		tcpBytes:   after.TCPBytes - before.TCPBytes,
+		pass:       map[string]uint64{},
+	}
+	for k, v := range after.Passthrough {
+		d.pass[k] = v - before.Passthrough[k]
+	}
+	return d
+}
+
+func (d delta) String() string {
+	return fmt.Sprintf("paired=%d redirected=%dB tcp=%dB pass=%v", d.paired, d.redirBytes, d.tcpBytes, d.pass)
+}
+
+func mustOK(t testing.TB, res testbed.Result, wantConns int, bytesEach int64) {
+	t.Helper()
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res.Conns != wantConns {
+		t.Fatalf("%d connections completed, want %d", res.Conns, wantConns)
+	}
+	if want := int64(wantConns) * bytesEach; res.BytesVerified != want || res.BytesSent != want {
+		t.Fatalf("sent %d and verified %d bytes, want %d each", res.BytesSent, res.BytesVerified, want)
+	}
+}
+
+const istioProxyUID = 1337
