@@ -79,8 +79,19 @@ func serve(spec PeerSpec, ready func()) error {
 	return <-errc
 }
 
+// ServerModes and ClientModes let other files of this package add peer
+// modes (register them in an init function).
+var (
+	ServerModes = map[string]func(spec PeerSpec, c *net.TCPConn){}
+	ClientModes = map[string]func(spec PeerSpec) (Result, error){}
+)
+
 func handle(spec PeerSpec, c *net.TCPConn) {
 	defer c.Close()
+	if fn, ok := ServerModes[spec.Mode]; ok && spec.Role == RoleServer {
+		fn(spec, c)
+		return
+	}
 	switch {
 	case spec.Role == RoleProxy:
 		proxy(spec, c)
@@ -206,17 +217,18 @@ func exchange(c *net.TCPConn, sendSeed, recvSeed uint64, length int64, maxWrite 
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		sent, werr = writeStream(c, sendSeed, length, maxWrite)
+		sent, werr = WriteStream(c, sendSeed, length, maxWrite)
 		if werr == nil {
 			werr = c.CloseWrite()
 		}
 	}()
-	verified, err = readStream(c, recvSeed, length)
+	verified, err = ReadStream(c, recvSeed, length)
 	wg.Wait()
 	return sent, verified, errors.Join(werr, err)
 }
 
-func writeStream(w io.Writer, seed uint64, length int64, maxWrite int) (int64, error) {
+// WriteStream writes `length` bytes of the stream in pseudo-random write sizes up to maxWrite.
+func WriteStream(w io.Writer, seed uint64, length int64, maxWrite int) (int64, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	buf := make([]byte, maxWrite)
 	var pos int64
@@ -225,7 +237,7 @@ func writeStream(w io.Writer, seed uint64, length int64, maxWrite int) (int64, e
 		if int64(n) > length-pos {
 			n = int(length - pos)
 		}
-		fill(buf[:n], seed, pos)
+		Fill(buf[:n], seed, pos)
 		if _, err := w.Write(buf[:n]); err != nil {
 			return pos, fmt.Errorf("write at %d: %w", pos, err)
 		}
@@ -234,7 +246,8 @@ func writeStream(w io.Writer, seed uint64, length int64, maxWrite int) (int64, e
 	return pos, nil
 }
 
-func readStream(r io.Reader, seed uint64, length int64) (int64, error) {
+// ReadStream reads and checks `length` bytes of the stream with this seed, then EOF.
+func ReadStream(r io.Reader, seed uint64, length int64) (int64, error) {
 	buf := make([]byte, 256<<10)
 	want := make([]byte, len(buf))
 	var pos int64
@@ -244,7 +257,7 @@ func readStream(r io.Reader, seed uint64, length int64) (int64, error) {
 			if pos+int64(n) > length {
 				return pos, fmt.Errorf("%d bytes more than the %d expected", pos+int64(n)-length, length)
 			}
-			fill(want[:n], seed, pos)
+			Fill(want[:n], seed, pos)
 			if !bytes.Equal(buf[:n], want[:n]) {
 				i := 0
 				for buf[i] == want[i] {
@@ -280,7 +293,9 @@ func logUniform(rng *rand.Rand, max int) int {
 
 // fill writes bytes [pos, pos+len(b)) of the stream with this seed: byte p
 // is byte p%8 of splitmix64(seed + p/8), so a byte out of place is wrong.
-func fill(b []byte, seed uint64, pos int64) {
+// Fill writes bytes [pos, pos+len(b)) of the stream with this seed: byte p
+// is byte p%8 of splitmix64(seed + p/8), so a byte out of place is wrong.
+func Fill(b []byte, seed uint64, pos int64) {
 	i := 0
 	for i < len(b) {
 		p := pos + int64(i)
@@ -302,7 +317,8 @@ func splitmix64(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
-func dial(spec PeerSpec, i int) (*net.TCPConn, error) {
+// Dial connects to spec.Target (binding spec.SourcePort+i when set).
+func Dial(spec PeerSpec, i int) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if spec.SourcePort != 0 {
 		d.LocalAddr = &net.TCPAddr{Port: spec.SourcePort + i}
@@ -335,6 +351,10 @@ func runClient(spec PeerSpec) (Result, error) {
 	case ModeConnRate:
 		res, err = connRate(spec)
 	default:
+		if fn, ok := ClientModes[spec.Mode]; ok {
+			res, err = fn(spec)
+			break
+		}
 		err = fmt.Errorf("unknown client mode %q", spec.Mode)
 	}
 	res.Elapsed = time.Since(start)
@@ -374,7 +394,7 @@ func streamClient(spec PeerSpec) Result {
 }
 
 func streamOne(spec PeerSpec, i int, seed uint64, maxWrite int) (int64, int64, error) {
-	c, err := dial(spec, i)
+	c, err := Dial(spec, i)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -390,14 +410,14 @@ func streamOne(spec PeerSpec, i int, seed uint64, maxWrite int) (int64, int64, e
 }
 
 func pingPong(spec PeerSpec) (Result, error) {
-	c, err := dial(spec, 0)
+	c, err := Dial(spec, 0)
 	if err != nil {
 		return Result{}, err
 	}
 	defer c.Close()
 	size := max(spec.Size, 1)
 	msg := make([]byte, size)
-	fill(msg, 42, 0)
+	Fill(msg, 42, 0)
 	back := make([]byte, size)
 	iters := max(spec.Iterations, 1)
 	warm := iters / 10
@@ -423,13 +443,13 @@ func pingPong(spec PeerSpec) (Result, error) {
 }
 
 func bulk(spec PeerSpec) (Result, error) {
-	c, err := dial(spec, 0)
+	c, err := Dial(spec, 0)
 	if err != nil {
 		return Result{}, err
 	}
 	defer c.Close()
 	buf := make([]byte, max(spec.Size, 1))
-	fill(buf, 7, 0)
+	Fill(buf, 7, 0)
 	var res Result
 	t := time.Now()
 	for res.BytesSent < spec.Bytes {
@@ -455,7 +475,7 @@ func connRate(spec PeerSpec) (Result, error) {
 	one := []byte{1}
 	for i := 0; i < max(spec.Iterations, 1); i++ {
 		t := time.Now()
-		c, err := dial(spec, 0)
+		c, err := Dial(spec, 0)
 		if err != nil {
 			return res, err
 		}
