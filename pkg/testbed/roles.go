@@ -291,8 +291,6 @@ func logUniform(rng *rand.Rand, max int) int {
 	return n
 }
 
-// fill writes bytes [pos, pos+len(b)) of the stream with this seed: byte p
-// is byte p%8 of splitmix64(seed + p/8), so a byte out of place is wrong.
 // Fill writes bytes [pos, pos+len(b)) of the stream with this seed: byte p
 // is byte p%8 of splitmix64(seed + p/8), so a byte out of place is wrong.
 func Fill(b []byte, seed uint64, pos int64) {
