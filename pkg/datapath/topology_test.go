@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/sockhop/sockhop/pkg/datapath"
@@ -57,5 +58,111 @@ func TestLoopback(t *testing.T) {
 			wantPaired(t, diff(before, e.counters()), spec.Conns, spec.Bytes)
 		})
 		total /= 4 // the full volume once is enough
+	}
+}
+
+// (b) app → sidecar: the app's connection to a remote service is
+// REDIRECTed to the proxy on 15001 (uid 1337), which reads SO_ORIGINAL_DST
+// and connects upstream. The app's and the proxy's tuples do not mirror.
+func TestRedirectOutbound(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	app, up := e.pod("app", true), e.pod("upstream", false)
+	e.link(app, up, "198.18.0.2", "198.18.0.1")
+	istioOutbound(e, app)
+	e.proxy(app, testbed.PeerSpec{Listen: []string{"0.0.0.0:15001"}})
+	e.server(up, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:80"}, Seed: 77})
+
+	before := e.counters()
+	spec := streamSpec("198.18.0.1:80", streamBytes())
+	spec.ExpectSeed = 77 // the upstream's stream, through the proxy
+	mustOK(t, e.client(app, 0, spec), spec.Conns, spec.Bytes)
+	d := diff(before, e.counters())
+	wantPaired(t, d, spec.Conns, spec.Bytes)
+	if d.pass[datapath.ReasonRemote] < uint64(spec.Conns) {
+		t.Fatalf("the proxy's upstream connections should be left alone as remote: %v", d)
+	}
+}
+
+// istioOutbound installs the gist of istio-init's outbound rules: every TCP
+// connection leaving the pod goes to the proxy, except the proxy's own.
+func istioOutbound(e *env, p *pod) {
+	e.run(p.ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "owner", "--uid-owner", "1337", "-j", "RETURN")
+	e.run(p.ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "127.0.0.0/8", "-j", "RETURN")
+	e.run(p.ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001")
+}
+
+// istioInbound sends every TCP connection arriving on eth0 to the proxy on 15006.
+func istioInbound(e *env, p *pod) {
+	e.run(p.ns, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-i", "eth0", "-j", "REDIRECT", "--to-ports", "15006")
+	e.run(p.ns, "ip6tables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-i", "eth0", "-j", "REDIRECT", "--to-ports", "15006")
+}
+
+// (c) sidecar → app: an inbound connection is REDIRECTed to 15006; the proxy
+// connects to the app over loopback from 127.0.0.6, as Istio does.
+func TestRedirectInbound(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	srv, cli := e.pod("server", true), e.pod("client", false)
+	e.link(srv, cli, "198.18.0.2", "198.18.0.1")
+	istioInbound(e, srv)
+	e.proxy(srv, testbed.PeerSpec{Listen: []string{"0.0.0.0:15006"}, Source: "127.0.0.6"})
+	e.server(srv, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"0.0.0.0:8080"}, Seed: 5})
+
+	before := e.counters()
+	spec := streamSpec("198.18.0.2:8080", streamBytes())
+	spec.ExpectSeed = 5
+	mustOK(t, e.client(cli, 0, spec), spec.Conns, spec.Bytes)
+	wantPaired(t, diff(before, e.counters()), spec.Conns, spec.Bytes)
+}
+
+// (d) sidecar → sidecar across two pods of the node: pod A's proxy connects
+// to pod B, whose inbound REDIRECT hands the connection to B's proxy, which
+// forwards to B's app over loopback. Both hops pair, the first across
+// network namespaces, only while both pod IPs are in the set.
+func TestSidecarToSidecar(t *testing.T) {
+	for _, fam := range []struct{ name, a, b, target string }{
+		{"ipv4", "198.18.0.1", "198.18.0.2", "198.18.0.2:8080"},
+		{"ipv6", "2001:db8::1", "2001:db8::2", "[2001:db8::2]:8080"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			e := newEnv(t, datapath.Options{AppReceivers: true})
+			a, b := e.pod("a", true), e.pod("b", true)
+			e.link(a, b, fam.a, fam.b)
+			istioInbound(e, b)
+			src := "127.0.0.6"
+			if a.ip.Is6() {
+				src = "::6"
+				e.run(b.ns, "ip", "addr", "add", "::6/128", "dev", "lo")
+			}
+			e.proxy(b, testbed.PeerSpec{Listen: []string{"[::]:15006", "0.0.0.0:15006"}, Source: src})
+			e.server(b, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"[::]:8080", "0.0.0.0:8080"}, Seed: 9})
+			spec := streamSpec(fam.target, streamBytes()/4)
+			spec.ExpectSeed = 9
+
+			t.Run("both-pods-in-set", func(t *testing.T) {
+				if err := e.dp.SetPodIPs([]netip.Addr{a.ip, b.ip}); err != nil {
+					t.Fatal(err)
+				}
+				before := e.counters()
+				mustOK(t, e.client(a, istioProxyUID, spec), spec.Conns, spec.Bytes)
+				d := diff(before, e.counters())
+				// Two hops: A's proxy ↔ B's proxy, B's proxy ↔ B's app.
+				if d.paired != uint64(4*spec.Conns) || d.pass[datapath.ReasonNoPeer] != 0 {
+					t.Fatalf("want both hops of %d connections paired: %v", spec.Conns, d)
+				}
+				t.Logf("%v", d)
+			})
+			t.Run("peer-not-in-set", func(t *testing.T) {
+				if err := e.dp.SetPodIPs([]netip.Addr{a.ip}); err != nil {
+					t.Fatal(err)
+				}
+				before := e.counters()
+				mustOK(t, e.client(a, istioProxyUID, spec), spec.Conns, spec.Bytes)
+				d := diff(before, e.counters())
+				// Only B's proxy ↔ app hop pairs.
+				if d.paired != uint64(2*spec.Conns) || d.pass[datapath.ReasonRemote] != uint64(2*spec.Conns) {
+					t.Fatalf("want only the in-pod hop paired, the cross-pod one left alone: %v", d)
+				}
+			})
+		})
 	}
 }
