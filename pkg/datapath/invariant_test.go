@@ -1,0 +1,312 @@
+package datapath_test
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
+	"github.com/sockhop/sockhop/pkg/testbed"
+)
+
+// Exact peer: two pods use identical 127.0.0.1 ports at the same time,
+// 1000 connections each; each server's stream carries its identity, so a
+// single byte delivered across would fail a client's check.
+func TestExactPeerSamePortsInTwoPods(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	pods := []*pod{e.pod("one", true), e.pod("two", true)}
+	before := e.counters()
+	var clients []*testbed.Peer
+	for i, p := range pods {
+		seed := uint64(1000 + i)
+		e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:9000"}, Seed: seed})
+		clients = append(clients, e.startClient(p, 0, testbed.PeerSpec{
+			Mode: testbed.ModeStream, Target: "127.0.0.1:9000", SourcePort: 20000,
+			Conns: 1000, Parallel: 32, Bytes: 16 << 10, MaxWrite: 4 << 10, ExpectSeed: seed,
+		}))
+	}
+	for _, c := range clients {
+		res, err := c.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustOK(t, res, 1000, 16<<10)
+	}
+	d := diff(before, e.counters())
+	if d.paired != 4000 || d.pass[datapath.ReasonAmbiguous] != 0 {
+		t.Fatalf("want all 2000 connections paired, none ambiguous: %v", d)
+	}
+}
+
+// One path per direction: a connection whose first bytes went through TCP
+// is never redirected later. TCP_DEFER_ACCEPT makes the server end complete
+// its handshake only when the client's first data arrives (the delayed
+// passive side), so the client's first send always finds no peer: that
+// direction stays on TCP, and the server end, which has received data by
+// then, never joins the sockhash.
+func TestFirstBytesThroughTCPStayOnTCP(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}, DeferAccept: true})
+	before := e.counters()
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 8, Parallel: 4, Bytes: 4 << 20, MaxWrite: 64 << 10}
+	mustOK(t, e.client(p, 0, spec), spec.Conns, spec.Bytes)
+	d := diff(before, e.counters())
+	n := uint64(spec.Conns)
+	if d.pass[datapath.ReasonNoPeer] != n || d.pass[datapath.ReasonDataFlowed] != n || d.paired != n || d.redirBytes != 0 {
+		t.Fatalf("want each client switched to TCP at its first send and no server end paired after data: %v", d)
+	}
+}
+
+// A connection established before its pod was attached stays on TCP, and
+// loses nothing while the attach happens under it.
+func TestAttachMidStream(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", false)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	before := e.counters()
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 2, Parallel: 2, Bytes: 256 << 20, MaxWrite: 1 << 20}
+	c := e.startClient(p, 0, spec)
+	time.Sleep(50 * time.Millisecond)
+	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res, spec.Conns, spec.Bytes)
+	if d := diff(before, e.counters()); d.paired != 0 || d.redirBytes != 0 {
+		t.Fatalf("connections from before the attach must stay on TCP: %v", d)
+	}
+}
+
+// Only pairable sockets enter the sockhash: an attached pod's connections to
+// peers outside the node's accelerated pods never do.
+func TestRemotePeersNeverEnterSockhash(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	app, remote := e.pod("app", true), e.pod("remote", false)
+	e.link(app, remote, "198.18.0.2", "198.18.0.1")
+	e.server(remote, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:80"}})
+	before := e.counters()
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "198.18.0.1:80", Conns: 4, Parallel: 4, Bytes: 64 << 20, MaxWrite: 1 << 20}
+	c := e.startClient(app, 0, spec)
+	maxSockets := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 50 {
+			n, err := e.dp.Sockets()
+			if err == nil && n > maxSockets {
+				maxSockets = n
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	res, err := c.Wait()
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res, spec.Conns, spec.Bytes)
+	d := diff(before, e.counters())
+	if d.paired != 0 || maxSockets != 0 || d.pass[datapath.ReasonRemote] != uint64(spec.Conns) {
+		t.Fatalf("remote connections must stay out of the sockhash (saw up to %d sockets): %v", maxSockets, d)
+	}
+}
+
+// Fail open: a socket whose peer never pairs (here the server runs in a
+// cgroup that is not attached) behaves exactly like plain TCP.
+func TestUnpairedSocketIsPlainTCP(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	other, err := e.bed.Cgroup("not-attached")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &pod{name: "srv", ns: p.ns, cgroup: other}
+	e.server(srv, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080", "[::1]:8080"}})
+	before := e.counters()
+	for _, target := range []string{"127.0.0.1:8080", "[::1]:8080"} {
+		spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: target, Conns: 4, Parallel: 4, Bytes: 16 << 20, MaxWrite: 1 << 20}
+		mustOK(t, e.client(p, 0, spec), spec.Conns, spec.Bytes)
+	}
+	d := diff(before, e.counters())
+	if d.redirBytes != 0 || d.pass[datapath.ReasonNoPeer] != 8 {
+		t.Fatalf("unpaired clients must send everything through TCP: %v", d)
+	}
+}
+
+// Detaching and re-attaching while traffic flows loses and reorders nothing.
+func TestDetachReattachUnderTraffic(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 200, Parallel: 4, Bytes: streamBytes() / 200, MaxWrite: 1 << 20}
+	c := e.startClient(p, 0, spec)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	toggles := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(3 * time.Millisecond):
+			}
+			if err := e.dp.Detach(p.cgroup); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
+				t.Error(err)
+				return
+			}
+			toggles++
+		}
+	}()
+	res, err := c.Wait()
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res, spec.Conns, spec.Bytes)
+	t.Logf("%d detach/attach cycles during %d connections", toggles, spec.Conns)
+}
+
+// A new process (agent restart or upgrade) re-opens the pins and carries on;
+// an uninstall in the middle of live streams loses nothing and leaves no pin.
+func TestRestartThenUninstallUnderTraffic(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 4, Parallel: 4, Bytes: 96 << 20, MaxWrite: 64 << 10}
+	c := e.startClient(p, 0, spec)
+	time.Sleep(20 * time.Millisecond)
+
+	// Restart: drop this process's handles, load again from the pins.
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := datapath.Load(e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.dp = dp
+	atts, err := dp.Attachments()
+	if err != nil || len(atts) != 1 || atts[0].CgroupPath != p.cgroup || !atts[0].Live {
+		t.Fatalf("after a restart the attachment must still be listed: %+v, %v", atts, err)
+	}
+	before := e.counters()
+	small := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 2, Bytes: 1 << 20, MaxWrite: 4 << 10}
+	mustOK(t, e.client(p, 0, small), 2, 1<<20)
+	if d := diff(before, e.counters()); d.paired != 4 {
+		t.Fatalf("new connections after a restart must pair: %v", d)
+	}
+
+	time.Sleep(20 * time.Millisecond)
+	if err := datapath.Uninstall(e.pinDir); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res, spec.Conns, spec.Bytes)
+	if _, err := os.Stat(e.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("uninstall left %s behind", e.pinDir)
+	}
+	// Connections made after the uninstall are plain TCP and work.
+	mustOK(t, e.client(p, 0, small), 2, 1<<20)
+}
+
+func TestAttachIsIdempotentAndValidates(t *testing.T) {
+	e := newEnv(t, datapath.Options{})
+	p := e.pod("app", false)
+	cfg := datapath.PodConfig{ExcludePorts: []uint16{5432, 9300}}
+	for range 2 {
+		if err := e.dp.Attach(p.cgroup, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	atts, err := e.dp.Attachments()
+	if err != nil || len(atts) != 1 || len(atts[0].Config.ExcludePorts) != 2 {
+		t.Fatalf("want one attachment with its config: %+v %v", atts, err)
+	}
+	if err := e.dp.Attach(p.cgroup+"/missing", cfg); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("attaching a missing cgroup: want ErrNotExist, got %v", err)
+	}
+	if err := e.dp.Attach(t.TempDir(), cfg); err == nil {
+		t.Fatal("attaching a directory that is not a cgroup must fail")
+	}
+	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{ExcludePorts: make([]uint16, 17)}); err == nil {
+		t.Fatal("17 excluded ports must be refused")
+	}
+	for range 2 {
+		if err := e.dp.Detach(p.cgroup); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if atts, _ := e.dp.Attachments(); len(atts) != 0 {
+		t.Fatalf("detach left %+v", atts)
+	}
+}
+
+// Excluded ports stay on TCP; other ports of the same pod pair.
+func TestExcludedPorts(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", false)
+	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{ExcludePorts: []uint16{5432}}); err != nil {
+		t.Fatal(err)
+	}
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:5432", "127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Conns: 4, Parallel: 4, Bytes: 1 << 20, MaxWrite: 64 << 10}
+	before := e.counters()
+	spec.Target = "127.0.0.1:5432"
+	mustOK(t, e.client(p, 0, spec), 4, 1<<20)
+	if d := diff(before, e.counters()); d.paired != 0 || d.pass[datapath.ReasonExcluded] != 8 { // counted by both ends
+		t.Fatalf("excluded port must stay on TCP: %v", d)
+	}
+	before = e.counters()
+	spec.Target = "127.0.0.1:8080"
+	mustOK(t, e.client(p, 0, spec), 4, 1<<20)
+	if d := diff(before, e.counters()); d.paired != 8 {
+		t.Fatalf("other ports must pair: %v", d)
+	}
+}
+
+// Receiver classes (default policy): only proxy-owned sockets receive
+// redirected data. App → proxy is redirected, proxy → app stays on TCP, and
+// app ↔ app keeps neither socket in the sockhash.
+func TestReceiverPolicy(t *testing.T) {
+	e := newEnv(t, datapath.Options{})
+	app := e.pod("app", true)
+	up := e.pod("upstream", false)
+	e.link(app, up, "198.18.0.2", "198.18.0.1")
+	istioOutbound(e, app)
+	e.proxy(app, testbed.PeerSpec{Listen: []string{"0.0.0.0:15001"}})
+	e.server(up, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:80"}})
+	e.server(app, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Conns: 4, Parallel: 4, Bytes: 1 << 20, MaxWrite: 16 << 10}
+
+	before := e.counters()
+	spec.Target = "198.18.0.1:80"
+	mustOK(t, e.client(app, 0, spec), 4, 1<<20)
+	d := diff(before, e.counters())
+	if d.paired != 8 || d.pass[datapath.ReasonUnsafeRx] != 4 || d.redirBytes != 4*(1<<20+headerBytes) {
+		t.Fatalf("want app → proxy redirected and proxy → app on TCP: %v", d)
+	}
+
+	before = e.counters()
+	spec.Target = "127.0.0.1:8080"
+	mustOK(t, e.client(app, 0, spec), 4, 1<<20)
+	d = diff(before, e.counters())
+	if n, _ := e.dp.Sockets(); d.redirBytes != 0 || n != 0 {
+		t.Fatalf("app ↔ app must stay out of the sockhash (%d sockets in it): %v", n, d)
+	}
+}
