@@ -310,3 +310,26 @@ func TestReceiverPolicy(t *testing.T) {
 		t.Fatalf("app ↔ app must stay out of the sockhash (%d sockets in it): %v", n, d)
 	}
 }
+
+func TestOpenReadsWhatLoadAttached(t *testing.T) {
+	e := newEnv(t, datapath.Options{})
+	p := e.pod("app", true)
+	ro, err := datapath.Open(e.pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	atts, err := ro.Attachments()
+	if err != nil || len(atts) != 1 || atts[0].CgroupPath != p.cgroup {
+		t.Fatalf("Open must list the attachment: %+v %v", atts, err)
+	}
+	if _, err := ro.Counters(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ro.Attach(p.cgroup, datapath.PodConfig{}); err == nil {
+		t.Fatal("a read-only datapath must refuse to attach")
+	}
+	if _, err := datapath.Open(e.pinDir + "-absent"); !errors.Is(err, datapath.ErrNotInstalled) {
+		t.Fatalf("want ErrNotInstalled, got %v", err)
+	}
+}
