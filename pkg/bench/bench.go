@@ -382,7 +382,7 @@ func (s *suite) measure(ctx context.Context, c caseSpec, res *CaseResult) error 
 		return err
 	}
 
-	samples := map[string][]int64{}  // pooled latencies per mode
+	samples := map[string][]int64{} // pooled latencies per mode
 	rates := map[string][]float64{} // per-round rates per mode
 	modes := roundModes(s.cfg.Rounds)
 	if !s.cfg.Quick {
