@@ -253,8 +253,8 @@ func (s *suite) params() params {
 		return params{pingPong: 500, pingPongLarge: 300, chain: 300, unpaired: 500, connRate: 100,
 			bulkBytes: 32 << 20, bulkBytesSmall: 16 << 20}
 	}
-	return params{pingPong: 20000, pingPongLarge: 10000, chain: 10000, unpaired: 30000, connRate: 3000,
-		bulkBytes: 2 << 30, bulkBytesSmall: 512 << 20}
+	return params{pingPong: 20000, pingPongLarge: 10000, chain: 10000, unpaired: 50000, connRate: 3000,
+		bulkBytes: 1 << 30, bulkBytesSmall: 256 << 20}
 }
 
 // setup is a case ready to measure: the cgroup that ON attaches, the pod
