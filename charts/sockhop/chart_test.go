@@ -915,6 +915,10 @@ func TestNotes(t *testing.T) {
 			t.Errorf("NOTES.txt lacks %q:\n%s", want, objs.notes)
 		}
 	}
+	objs = mustRender(t, map[string]any{"bpffsDir": "/sys/fs/bpf/hop"})
+	if want := "-- sockhop --bpffs-dir /sys/fs/bpf/hop status"; !strings.Contains(objs.notes, want) {
+		t.Errorf("NOTES.txt lacks %q:\n%s", want, objs.notes)
+	}
 	objs = mustRender(t, map[string]any{
 		"accelerate":        map[string]any{"namespaceLabel": map[string]any{"key": "example.com/fast", "value": "yes"}},
 		"uninstallOnDelete": false,
@@ -922,7 +926,7 @@ func TestNotes(t *testing.T) {
 	if want := "kubectl label namespace NAME example.com/fast=yes"; !strings.Contains(objs.notes, want) {
 		t.Errorf("NOTES.txt lacks %q:\n%s", want, objs.notes)
 	}
-	if !strings.Contains(objs.notes, "uninstallOnDelete is false") {
+	if !strings.Contains(objs.notes, "uninstallOnDelete is false") || !strings.Contains(objs.notes, "`sockhop uninstall --yes`") {
 		t.Errorf("NOTES.txt does not say that uninstall leaves the datapath:\n%s", objs.notes)
 	}
 }
