@@ -1,0 +1,148 @@
+// Command sockhop is the operator CLI of sockhop: it shows what the node
+// agent attached (status), checks that the kernel can run the datapath
+// (doctor), attaches cgroups without Kubernetes (attach, detach, uninstall)
+// and measures the datapath side by side (bench).
+//
+// Exit codes: 0 success, 1 failure, 2 usage error.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
+	"github.com/sockhop/sockhop/pkg/testbed"
+)
+
+func main() {
+	// `sockhop bench` re-executes this binary as its peer processes.
+	testbed.RunPeerIfRequested()
+	if err := run(); err != nil {
+		os.Exit(exitCode(err))
+	}
+}
+
+// run executes the command line and reports a failure on stderr; the
+// returned error only decides the exit code.
+func run() error {
+	cmd := newRootCommand(os.Stdout, os.Stderr)
+	cmd.SetArgs(os.Args[1:])
+	return execute(cmd, os.Stderr)
+}
+
+// execute runs cmd and prints its error, with a hint for usage errors.
+func execute(cmd *cobra.Command, stderr io.Writer) error {
+	c, err := cmd.ExecuteC()
+	if err == nil {
+		return nil
+	}
+	var ue *usageError
+	if !errors.Is(err, errReported) {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+	}
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", c.CommandPath())
+	}
+	return err
+}
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func exitCode(err error) int {
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		return exitUsage
+	default:
+		return exitFailure
+	}
+}
+
+// usageError is a command line the CLI cannot act on: exit code 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usageErrorf(format string, a ...any) error {
+	return &usageError{err: fmt.Errorf(format, a...)}
+}
+
+// errReported is returned by commands that already printed why they fail
+// (doctor's failed checks): exit code 1 without a second message.
+var errReported = errors.New("failure reported above")
+
+// globalOptions are the flags every subcommand shares.
+type globalOptions struct {
+	pinDir string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	g := &globalOptions{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "sockhop",
+		Short: "Operate sockhop, the sidecar loopback accelerator, on this node",
+		Long: `sockhop makes the TCP hop between an application and its service-mesh sidecar
+skip the kernel's loopback TCP/IP stack. This CLI inspects and operates the
+datapath on the node it runs on (or inside the agent pod).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		// Without this, cobra treats an unknown subcommand of a root
+		// without Run as a request for help and exits 0.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf("unknown command %q for %q", args[0], cmd.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err: err} })
+	root.PersistentFlags().StringVar(&g.pinDir, "bpffs-dir", datapath.DefaultPinDir,
+		"bpffs directory holding sockhop's pinned maps and links")
+	root.CompletionOptions.DisableDefaultCmd = true
+
+	root.AddCommand(
+		newStatusCommand(g),
+		newDoctorCommand(g),
+		newAttachCommand(g),
+		newDetachCommand(g),
+		newUninstallCommand(g),
+		newBenchCommand(g),
+		newVersionCommand(g),
+	)
+	return root
+}
+
+// exactArgs is cobra.ExactArgs with a usage error.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageErrorf("%s takes %d argument (%s), got %d", cmd.CommandPath(), n, what, len(args))
+		}
+		return nil
+	}
+}
+
+// noArgs is cobra.NoArgs with a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("%s takes no arguments, got %q", cmd.CommandPath(), args)
+	}
+	return nil
+}

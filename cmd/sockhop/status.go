@@ -1,0 +1,236 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
+)
+
+func newStatusCommand(g *globalOptions) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the attached cgroups (pods) and the datapath counters",
+		Long: `Show what sockhop does on this node: every cgroup the sockops program is
+attached to (with the pod UID when the path is a kubelet pod cgroup), the
+sockets in the sockhash now, and the counters since the datapath was first
+loaded: paired sockets, redirected messages and bytes, connections and
+directions left on TCP by reason, failed map operations.
+
+status only reads the pinned maps and links: it loads no program and changes
+nothing. It works on the node and inside the agent pod.`,
+		Example: `  sockhop status
+  sockhop status -o json
+  sockhop status --bpffs-dir /sys/fs/bpf/sockhop`,
+		Args: noArgs,
+	}
+	validate := outputFlag(cmd, &output, formatTable, formatJSON)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := validate(); err != nil {
+			return err
+		}
+		dp, err := datapath.Open(g.pinDir)
+		if errors.Is(err, datapath.ErrNotInstalled) {
+			return fmt.Errorf("sockhop is not installed on this node (no pins in %s; is the agent running, or was --bpffs-dir mistyped?)", g.pinDir)
+		}
+		if err != nil {
+			return fmt.Errorf("open the datapath: %w", err)
+		}
+		defer dp.Close()
+		rep, err := collectStatus(g.pinDir, dp)
+		if err != nil {
+			return err
+		}
+		if output == formatJSON {
+			return writeJSON(g.stdout, rep)
+		}
+		return renderStatus(g.stdout, rep)
+	}
+	return cmd
+}
+
+// statusSource is what status reads: a *datapath.Datapath from Open.
+type statusSource interface {
+	Attachments() ([]datapath.Attachment, error)
+	Counters() (datapath.Counters, error)
+	Sockets() (int, error)
+}
+
+type statusReport struct {
+	PinDir      string           `json:"bpffs_dir"`
+	Attachments []attachmentView `json:"attachments"`
+	// SocketsInMap is how many sockets are in the sockhash now.
+	SocketsInMap int          `json:"sockets_in_sockhash"`
+	Counters     countersView `json:"counters"`
+}
+
+type attachmentView struct {
+	Cgroup       string   `json:"cgroup"`
+	CgroupID     uint64   `json:"cgroup_id"`
+	Live         bool     `json:"live"`
+	ExcludePorts []uint16 `json:"exclude_ports"`
+	PodUID       string   `json:"pod_uid,omitempty"`
+	QOSClass     string   `json:"qos_class,omitempty"`
+}
+
+type countersView struct {
+	PairedSockets      uint64            `json:"paired_sockets"`
+	RedirectedMessages uint64            `json:"redirected_messages"`
+	RedirectedBytes    uint64            `json:"redirected_bytes"`
+	TCPMessages        uint64            `json:"tcp_messages"`
+	TCPBytes           uint64            `json:"tcp_bytes"`
+	Passthrough        map[string]uint64 `json:"passthrough"`
+	MapErrors          map[string]uint64 `json:"map_errors"`
+}
+
+func collectStatus(pinDir string, src statusSource) (statusReport, error) {
+	rep := statusReport{PinDir: pinDir, Attachments: []attachmentView{}}
+	atts, err := src.Attachments()
+	if err != nil {
+		return rep, fmt.Errorf("list attachments: %w", err)
+	}
+	for _, a := range atts {
+		v := attachmentView{Cgroup: a.CgroupPath, CgroupID: a.CgroupID, Live: a.Live, ExcludePorts: a.Config.ExcludePorts}
+		if v.ExcludePorts == nil {
+			v.ExcludePorts = []uint16{}
+		}
+		v.PodUID, v.QOSClass = podFromCgroup(a.CgroupPath)
+		rep.Attachments = append(rep.Attachments, v)
+	}
+	c, err := src.Counters()
+	if err != nil {
+		return rep, err
+	}
+	rep.Counters = countersView{
+		PairedSockets: c.PairedSockets, RedirectedMessages: c.RedirectedMessages, RedirectedBytes: c.RedirectedBytes,
+		TCPMessages: c.TCPMessages, TCPBytes: c.TCPBytes, Passthrough: c.Passthrough, MapErrors: c.MapErrors,
+	}
+	if rep.SocketsInMap, err = src.Sockets(); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+func renderStatus(w io.Writer, rep statusReport) error {
+	tw := newTable(w)
+	fmt.Fprintf(tw, "ATTACHED CGROUPS: %d (pins in %s)\n", len(rep.Attachments), rep.PinDir)
+	if len(rep.Attachments) > 0 {
+		fmt.Fprintln(tw, "CGROUP\tCGROUP ID\tLIVE\tPOD UID\tQOS\tEXCLUDED PORTS")
+		for _, a := range rep.Attachments {
+			path := a.Cgroup
+			if path == "" {
+				path = "(unknown: no pod entry)"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", path, a.CgroupID, yesNo(a.Live),
+				dash(a.PodUID), dash(a.QOSClass), portsText(a.ExcludePorts))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	c := rep.Counters
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "COUNTERS (since the datapath was first loaded)")
+	tw = newTable(w)
+	fmt.Fprintf(tw, "  sockets in the sockhash now\t%d\n", rep.SocketsInMap)
+	fmt.Fprintf(tw, "  paired sockets\t%d\n", c.PairedSockets)
+	fmt.Fprintf(tw, "  redirected\t%d messages, %s\n", c.RedirectedMessages, bytesText(c.RedirectedBytes))
+	fmt.Fprintf(tw, "  paired sockets' sends through TCP\t%d messages, %s\n", c.TCPMessages, bytesText(c.TCPBytes))
+	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", countsText(c.Passthrough))
+	fmt.Fprintf(tw, "  failed map operations\t%s\n", countsText(c.MapErrors))
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// podFromCgroup finds the pod UID and QoS class in a kubelet pod cgroup
+// path, as the cgroupfs driver names it (…/kubepods/burstable/pod<UID>/…)
+// or the systemd driver (…/kubepods-burstable-pod<UID with _>.slice/…).
+// The innermost pod component wins; "" when the path is not a pod's.
+func podFromCgroup(path string) (uid, qos string) {
+	parts := strings.Split(filepath.Clean(path), "/")
+	for i := len(parts) - 1; i >= 0; i-- {
+		p := parts[i]
+		if rest, ok := strings.CutPrefix(p, "pod"); ok && validPodUID(rest) {
+			return rest, qosFromCgroupfs(parts[:i])
+		}
+		if name, ok := strings.CutSuffix(p, ".slice"); ok && strings.Contains(name, "kubepods") {
+			j := strings.LastIndex(name, "-pod")
+			if j < 0 {
+				continue
+			}
+			cand := strings.ReplaceAll(name[j+len("-pod"):], "_", "-")
+			if validPodUID(cand) {
+				return cand, qosFromSlice(name[:j])
+			}
+		}
+	}
+	return "", ""
+}
+
+func qosFromCgroupfs(parents []string) string {
+	if len(parents) == 0 {
+		return ""
+	}
+	switch parents[len(parents)-1] {
+	case "burstable":
+		return "Burstable"
+	case "besteffort":
+		return "BestEffort"
+	case "kubepods":
+		return "Guaranteed"
+	}
+	return ""
+}
+
+// qosFromSlice reads the QoS class from a slice name's prefix, such as
+// "kubepods-burstable" or "custom-kubepods".
+func qosFromSlice(prefix string) string {
+	switch {
+	case strings.HasSuffix(prefix, "kubepods-burstable"):
+		return "Burstable"
+	case strings.HasSuffix(prefix, "kubepods-besteffort"):
+		return "BestEffort"
+	case strings.HasSuffix(prefix, "kubepods"):
+		return "Guaranteed"
+	}
+	return ""
+}
+
+// validPodUID accepts what kubelet puts in cgroup names: an RFC 4122 UUID
+// (8-4-4-4-12 hex digits) or 32 hex digits (static pods' config hash).
+func validPodUID(s string) bool {
+	isHex := func(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+	switch len(s) {
+	case 36:
+		for i := 0; i < len(s); i++ {
+			if i == 8 || i == 13 || i == 18 || i == 23 {
+				if s[i] != '-' {
+					return false
+				}
+			} else if !isHex(s[i]) {
+				return false
+			}
+		}
+		return true
+	case 32:
+		for i := 0; i < len(s); i++ {
+			if !isHex(s[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
