@@ -1,0 +1,92 @@
+package main
+
+import (
+	"flag"
+	"slices"
+	"testing"
+)
+
+func TestFlagDefaults(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-from-env")
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	c := bindFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"node-name":                 "node-from-env",
+		"namespace-label-key":       "sockhop.dev/accelerate",
+		"namespace-label-value":     "enabled",
+		"bpffs-dir":                 "/sys/fs/bpf/sockhop",
+		"proxy-uids":                "1337,2102,5678",
+		"metrics-bind-address":      ":9962",
+		"health-probe-bind-address": ":9963",
+		"uninstall-on-delete":       "true",
+		"cgroup-mount":              "",
+		"cgroup-driver":             "",
+		"cgroup-root":               "",
+	} {
+		f := fs.Lookup(name)
+		if f == nil {
+			t.Errorf("flag --%s missing", name)
+			continue
+		}
+		if f.Value.String() != want {
+			t.Errorf("--%s = %q, want %q", name, f.Value.String(), want)
+		}
+	}
+	for _, name := range []string{"zap-log-level", "zap-devel", "zap-encoder"} {
+		if fs.Lookup(name) == nil {
+			t.Errorf("controller-runtime's --%s missing", name)
+		}
+	}
+}
+
+func TestFlagsParse(t *testing.T) {
+	t.Setenv("NODE_NAME", "")
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	c := bindFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.validate(); err == nil {
+		t.Error("no node name accepted")
+	}
+	fs = flag.NewFlagSet("test", flag.ContinueOnError)
+	c = bindFlags(fs)
+	if err := fs.Parse([]string{"--node-name=n1", "--cgroup-driver=systemd", "--cgroup-root=/custom", "--uninstall-on-delete=false"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.nodeName != "n1" || c.cgroup.Driver != "systemd" || c.cgroup.CgroupRoot != "/custom" || c.uninstallOnDelete {
+		t.Errorf("parsed %+v", c)
+	}
+}
+
+func TestParseUIDs(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []uint32
+		bad  bool
+	}{
+		{in: "1337,2102,5678", want: []uint32{1337, 2102, 5678}},
+		{in: " 1337 , 0 ", want: []uint32{1337, 0}},
+		{in: "", want: []uint32{}},
+		{in: "1337,x", bad: true},
+		{in: "1337,,1", bad: true},
+		{in: "4294967296", bad: true},
+	} {
+		got, err := parseUIDs(tc.in)
+		if (err != nil) != tc.bad || !tc.bad && !slices.Equal(got, tc.want) {
+			t.Errorf("parseUIDs(%q) = %v, %v; want %v (error: %v)", tc.in, got, err, tc.want, tc.bad)
+		}
+	}
+	if got, _ := parseUIDs(""); got == nil {
+		t.Error(`parseUIDs("") is nil: the datapath would read it as "use the defaults"`)
+	}
+}
