@@ -91,11 +91,11 @@ type PodReconciler struct {
 	ResyncPeriod time.Duration
 
 	mu       sync.Mutex
-	loaded   bool                              // attached holds the pins' state
-	attached map[string]attachment             // by cgroup directory
+	loaded   bool                               // attached holds the pins' state
+	attached map[string]attachment              // by cgroup directory
 	pods     map[types.NamespacedName]*podState // pods seen since start
-	seen     map[string]time.Time              // pod UID → when its cgroup appeared
-	podIPs   []netip.Addr                      // last given to SetPodIPs
+	seen     map[string]time.Time               // pod UID → when its cgroup appeared
+	podIPs   []netip.Addr                       // last given to SetPodIPs
 	ipsSet   bool
 	synced   atomic.Bool // the first convergence is done
 
