@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -88,14 +87,14 @@ sockhop cannot accelerate here and traffic stays on TCP.`,
 	}
 	validate := outputFlag(cmd, &output, formatTable, formatJSON)
 	cmd.Flags().BoolVar(&skipSelfTest, "skip-self-test", false,
-		"skip the hazard self-test (it creates and removes a cgroup, a network namespace and BPF pins for a few seconds)")
+		"skip the hazard self-test (it loads an unpinned sk_msg program in a throwaway network namespace for about a second)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := validate(); err != nil {
 			return err
 		}
 		in := gatherDoctorInput(g.pinDir)
 		if !skipSelfTest {
-			in.SelfTest = selfTestLines(cmd.Context())
+			in.SelfTest = hazardLines(runSelfTest(cmd.Context()))
 		}
 		rep := evaluateDoctor(in)
 		var err error
@@ -396,7 +395,13 @@ func renderDoctor(w io.Writer, rep doctorReport) error {
 	for _, l := range rep.Lines {
 		fmt.Fprintf(w, "%-4s  %-*s  %s\n", l.Level, width, l.Check, l.Detail)
 		if l.Hint != "" {
-			fmt.Fprintf(w, "      %-*s  hint: %s\n", width, "", l.Hint)
+			indent := strings.Repeat(" ", 6+width+2)
+			for i, line := range wrapText("hint: "+l.Hint, max(120-len(indent), 60)) {
+				if i > 0 {
+					line = "      " + line
+				}
+				fmt.Fprintf(w, "%s%s\n", indent, line)
+			}
 		}
 	}
 	fmt.Fprintln(w)
@@ -408,8 +413,24 @@ func renderDoctor(w io.Writer, rep doctorReport) error {
 	return err
 }
 
-// selfTestLines runs the datapath's hazard self-test.
-func selfTestLines(ctx context.Context) []doctorLine {
-	_ = ctx
-	return nil
+// wrapText breaks s into lines of at most width bytes at spaces (a longer
+// word gets a line of its own).
+func wrapText(s string, width int) []string {
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(s) {
+		switch {
+		case line == "":
+			line = word
+		case len(line)+1+len(word) <= width:
+			line += " " + word
+		default:
+			lines = append(lines, line)
+			line = word
+		}
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
 }

@@ -13,7 +13,10 @@ import (
 )
 
 func newStatusCommand(g *globalOptions) *cobra.Command {
-	var output string
+	var (
+		output       string
+		skipSelfTest bool
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the attached cgroups (pods) and the datapath counters",
@@ -21,16 +24,21 @@ func newStatusCommand(g *globalOptions) *cobra.Command {
 attached to (with the pod UID when the path is a kubelet pod cgroup), the
 sockets in the sockhash now, and the counters since the datapath was first
 loaded: paired sockets, redirected messages and bytes, connections and
-directions left on TCP by reason, failed map operations.
+directions left on TCP by reason, failed map operations; and which redirect
+hazards the running kernel has and which of them sockhop guards (the hazard
+self-test, as root).
 
-status only reads the pinned maps and links: it loads no program and changes
-nothing. It works on the node and inside the agent pod.`,
+status only reads the pinned maps and links: it loads no program into them,
+re-links nothing and changes nothing. The self-test loads its own unpinned
+program in a throwaway network namespace. status works on the node and
+inside the agent pod.`,
 		Example: `  sockhop status
   sockhop status -o json
   sockhop status --bpffs-dir /sys/fs/bpf/sockhop`,
 		Args: noArgs,
 	}
 	validate := outputFlag(cmd, &output, formatTable, formatJSON)
+	cmd.Flags().BoolVar(&skipSelfTest, "skip-self-test", false, "do not run the hazard self-test")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := validate(); err != nil {
 			return err
@@ -46,6 +54,16 @@ nothing. It works on the node and inside the agent pod.`,
 		rep, err := collectStatus(g.pinDir, dp)
 		if err != nil {
 			return err
+		}
+		if !skipSelfTest {
+			st, err := runSelfTest(cmd.Context())
+			rep.Hazards = hazardViews(st)
+			if err != nil {
+				rep.HazardsError = err.Error()
+			} else {
+				safe := st.AppReceiversSafe()
+				rep.AppReceiversSafe = &safe
+			}
 		}
 		if output == formatJSON {
 			return writeJSON(g.stdout, rep)
@@ -68,6 +86,12 @@ type statusReport struct {
 	// SocketsInMap is how many sockets are in the sockhash now.
 	SocketsInMap int          `json:"sockets_in_sockhash"`
 	Counters     countersView `json:"counters"`
+	// Hazards is the self-test on the running kernel (absent when skipped).
+	Hazards      []hazardView `json:"hazards,omitempty"`
+	HazardsError string       `json:"hazards_error,omitempty"`
+	// AppReceiversSafe: redirecting into application sockets (not only
+	// sidecar proxies') is safe on this kernel.
+	AppReceiversSafe *bool `json:"app_receivers_safe,omitempty"`
 }
 
 type attachmentView struct {
@@ -144,7 +168,32 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	fmt.Fprintf(tw, "  paired sockets' sends through TCP\t%d messages, %s\n", c.TCPMessages, bytesText(c.TCPBytes))
 	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", countsText(c.Passthrough))
 	fmt.Fprintf(tw, "  failed map operations\t%s\n", countsText(c.MapErrors))
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(rep.Hazards) == 0 && rep.HazardsError == "" {
+		return nil
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "REDIRECT HAZARDS (self-test on this kernel)")
+	if rep.HazardsError != "" {
+		fmt.Fprintf(w, "  self-test: %s\n", rep.HazardsError)
+	}
+	tw = newTable(w)
+	for _, h := range rep.Hazards {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", h.Hazard, h.Status, h.Detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if rep.AppReceiversSafe != nil {
+		if *rep.AppReceiversSafe {
+			fmt.Fprintln(w, "  redirecting into application sockets is safe on this kernel")
+		} else {
+			fmt.Fprintln(w, "  redirecting into application sockets is not safe on this kernel: only sidecar-proxy receivers are")
+		}
+	}
+	return nil
 }
 
 func dash(s string) string {

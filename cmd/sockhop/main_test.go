@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/sockhop/sockhop/pkg/testbed"
+)
+
+func TestMain(m *testing.M) {
+	// The kernel test's peer processes are this test binary, re-executed.
+	testbed.RunPeerIfRequested()
+	os.Exit(m.Run())
+}
+
+// cli runs the command line in-process as main does and returns its
+// output and exit code.
+func cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	cmd := newRootCommand(&out, &errOut)
+	cmd.SetArgs(args)
+	err := execute(cmd, &errOut)
+	return out.String(), errOut.String(), exitCode(err)
+}
+
+func TestExitCodes(t *testing.T) {
+	absent := t.TempDir() + "/absent"
+	for _, tc := range []struct {
+		args []string
+		code int
+		// stderr must contain this.
+		msg string
+	}{
+		{[]string{"--help"}, exitOK, ""},
+		{[]string{}, exitOK, ""},
+		{[]string{"status", "--help"}, exitOK, ""},
+		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{[]string{"status", "--no-such-flag"}, exitUsage, "unknown flag"},
+		{[]string{"status", "extra"}, exitUsage, "takes no arguments"},
+		{[]string{"status", "-o", "yaml"}, exitUsage, `unknown output format "yaml"`},
+		{[]string{"doctor", "-o", "wide"}, exitUsage, "unknown output format"},
+		{[]string{"bench", "-o", "csv"}, exitUsage, "unknown output format"},
+		{[]string{"bench", "--plot", "out.gif"}, exitUsage, ".png, .svg or .pdf"},
+		{[]string{"bench", "--rounds", "-1"}, exitUsage, "negative"},
+		{[]string{"attach"}, exitUsage, "takes 1 argument"},
+		{[]string{"attach", "a", "b"}, exitUsage, "takes 1 argument"},
+		{[]string{"attach", "x", "--exclude-ports", "5432,abc"}, exitUsage, `"abc" is not a port`},
+		{[]string{"attach", "x", "--exclude-ports", "0"}, exitUsage, "not a port"},
+		{[]string{"attach", "x", "--proxy-uids", "1,2,3,4,5"}, exitUsage, "at most 4"},
+		{[]string{"attach", "x", "--backlog-limit", "0"}, exitUsage, "--backlog-limit"},
+		{[]string{"attach", "../../etc"}, exitUsage, "leaves the cgroup v2 hierarchy"},
+		{[]string{"detach"}, exitUsage, "needs a CGROUP or --id"},
+		{[]string{"detach", "x", "--id", "3"}, exitUsage, "not both"},
+		{[]string{"detach", "--id", "nope"}, exitUsage, "invalid argument"},
+		{[]string{"--bpffs-dir", absent, "status"}, exitFailure, "not installed"},
+		{[]string{"--bpffs-dir", absent, "detach", "--id", "7"}, exitFailure, "not attached"},
+		{[]string{"--bpffs-dir", absent, "detach", "--id", "7", "--ignore-not-found"}, exitOK, ""},
+		{[]string{"--bpffs-dir", absent, "uninstall"}, exitOK, ""},
+		{[]string{"version", "-o", "json"}, exitOK, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, stderr, code := cli(t, tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit code %d, want %d; stderr: %s", code, tc.code, stderr)
+			}
+			if !strings.Contains(stderr, tc.msg) {
+				t.Fatalf("stderr %q lacks %q", stderr, tc.msg)
+			}
+			if tc.code == exitUsage && !strings.Contains(stderr, "--help' for usage") {
+				t.Fatalf("a usage error must point at --help: %q", stderr)
+			}
+		})
+	}
+}
+
+func TestExitCodeOfWrappedErrors(t *testing.T) {
+	if got := exitCode(errors.Join(errors.New("x"), usageErrorf("y"))); got != exitUsage {
+		t.Fatalf("a wrapped usage error gives %d", got)
+	}
+	if got := exitCode(errReported); got != exitFailure {
+		t.Fatalf("errReported gives %d", got)
+	}
+}
+
+func TestVersionJSON(t *testing.T) {
+	out, _, code := cli(t, "version", "-o", "json")
+	var v versionInfo
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil || v.Version == "" || !strings.HasPrefix(v.GoVersion, "go") {
+		t.Fatalf("version -o json: code %d, %q", code, out)
+	}
+	out, _, _ = cli(t, "version")
+	if !strings.HasPrefix(out, "sockhop ") {
+		t.Fatalf("version: %q", out)
+	}
+}
+
+func TestHelpEverywhere(t *testing.T) {
+	for _, c := range newRootCommand(&bytes.Buffer{}, &bytes.Buffer{}).Commands() {
+		out, _, code := cli(t, c.Name(), "--help")
+		if code != 0 || !strings.Contains(out, "Usage:") || !strings.Contains(out, "--bpffs-dir") {
+			t.Errorf("%s --help: code %d, output %q", c.Name(), code, out)
+		}
+	}
+}
