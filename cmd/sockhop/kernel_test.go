@@ -1,0 +1,269 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
+	"github.com/sockhop/sockhop/pkg/testbed"
+)
+
+// requireRoot skips for non-root users, except in CI, where a skipped
+// kernel test would hide that nothing was tested.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("kernel test: CI must run it as root")
+	}
+	t.Skip("kernel test: needs root to load BPF programs and create cgroups and network namespaces")
+}
+
+type statusJSON struct {
+	Attachments []attachmentView `json:"attachments"`
+	Sockets     int              `json:"sockets_in_sockhash"`
+	Counters    countersView     `json:"counters"`
+	Hazards     []hazardView     `json:"hazards"`
+}
+
+// TestAttachStatusDetach drives the CLI against the real kernel: attach a
+// pod-shaped cgroup under a throwaway parent, see it and its traffic in
+// status, honour excluded ports, detach, uninstall; nothing is left.
+func TestAttachStatusDetach(t *testing.T) {
+	requireRoot(t)
+	bed, err := testbed.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
+	t.Cleanup(func() {
+		if err := datapath.Uninstall(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	sh := func(args ...string) (string, string, int) {
+		t.Helper()
+		return cli(t, append([]string{"--bpffs-dir", pinDir}, args...)...)
+	}
+	status := func() statusJSON {
+		t.Helper()
+		out, errOut, code := sh("status", "-o", "json", "--skip-self-test")
+		if code != 0 {
+			t.Fatalf("status: exit %d: %s", code, errOut)
+		}
+		var s statusJSON
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatalf("status JSON: %v\n%s", err, out)
+		}
+		return s
+	}
+
+	// A cgroup laid out as kubelet's cgroupfs driver names a BestEffort pod.
+	const uid = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+	var pod string
+	for _, dir := range []string{"kubepods", "kubepods/besteffort", "kubepods/besteffort/pod" + uid} {
+		if pod, err = bed.Cgroup(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns, err := bed.NetNS("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mount, err := testbed.CgroupMount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(mount, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if _, errOut, code := sh("status"); code != exitFailure || !strings.Contains(errOut, "not installed") {
+		t.Fatalf("status before install: exit %d: %s", code, errOut)
+	}
+
+	// Relative to the cgroup v2 mount; app receivers so that app ↔ app
+	// loopback is redirected.
+	out, errOut, code := sh("attach", rel, "--exclude-ports", "5432,9300", "--app-receivers")
+	if code != 0 || !strings.Contains(out, "attached "+pod) {
+		t.Fatalf("attach: exit %d: %s %s", code, out, errOut)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(pod, &st); err != nil {
+		t.Fatal(err)
+	}
+	s := status()
+	if len(s.Attachments) != 1 {
+		t.Fatalf("want 1 attachment: %+v", s.Attachments)
+	}
+	a := s.Attachments[0]
+	if a.Cgroup != pod || a.CgroupID != st.Ino || !a.Live || a.PodUID != uid || a.QOSClass != "BestEffort" ||
+		len(a.ExcludePorts) != 2 || a.ExcludePorts[0] != 5432 || a.ExcludePorts[1] != 9300 {
+		t.Fatalf("attachment: %+v (cgroup id %d)", a, st.Ino)
+	}
+
+	// Traffic inside the pod: redirected on 8080, left on TCP on 5432.
+	for _, port := range []string{"8080", "5432"} {
+		if _, err := bed.Start(testbed.PeerSpec{Role: testbed.RoleServer, Mode: testbed.ModeEcho, NetNS: ns.Name, Cgroup: pod,
+			Listen: []string{"127.0.0.1:" + port}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := s.Counters
+	res, err := bed.Run(testbed.PeerSpec{Mode: testbed.ModePingPong, NetNS: ns.Name, Cgroup: pod,
+		Target: "127.0.0.1:8080", Size: 1024, Iterations: 200})
+	if err == nil {
+		err = res.Err()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = status()
+	if d := s.Counters.RedirectedBytes - before.RedirectedBytes; d < 2*200*1024 {
+		t.Fatalf("status must show the pod's bytes redirected: %d more (counters %+v)", d, s.Counters)
+	}
+	if d := s.Counters.PairedSockets - before.PairedSockets; d != 2 {
+		t.Fatalf("want 2 more paired sockets, got %d", d)
+	}
+	before = s.Counters
+	res, err = bed.Run(testbed.PeerSpec{Mode: testbed.ModePingPong, NetNS: ns.Name, Cgroup: pod,
+		Target: "127.0.0.1:5432", Size: 1024, Iterations: 50})
+	if err == nil {
+		err = res.Err()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = status()
+	if s.Counters.RedirectedBytes != before.RedirectedBytes || s.Counters.PairedSockets != before.PairedSockets ||
+		s.Counters.Passthrough[datapath.ReasonExcluded] <= before.Passthrough[datapath.ReasonExcluded] {
+		t.Fatalf("an excluded port must stay on TCP and be counted: before %+v after %+v", before, s.Counters)
+	}
+
+	// The table says the same, for people.
+	out, _, code = sh("status", "--skip-self-test")
+	if code != 0 || !strings.Contains(out, pod) || !strings.Contains(out, uid) || !strings.Contains(out, "5432,9300") ||
+		!strings.Contains(out, "excluded_port=") {
+		t.Fatalf("status table (exit %d):\n%s", code, out)
+	}
+
+	// Attaching again updates the excluded ports.
+	if _, errOut, code := sh("attach", pod, "--exclude-ports", "9300", "--app-receivers"); code != 0 {
+		t.Fatalf("re-attach: exit %d: %s", code, errOut)
+	}
+	if s = status(); len(s.Attachments) != 1 || len(s.Attachments[0].ExcludePorts) != 1 || s.Attachments[0].ExcludePorts[0] != 9300 {
+		t.Fatalf("re-attach must update the ports: %+v", s.Attachments)
+	}
+
+	// Detach: new connections stay on TCP.
+	out, errOut, code = sh("detach", rel, "--app-receivers")
+	if code != 0 || !strings.Contains(out, "detached "+pod) {
+		t.Fatalf("detach: exit %d: %s %s", code, out, errOut)
+	}
+	if s = status(); len(s.Attachments) != 0 {
+		t.Fatalf("still attached: %+v", s.Attachments)
+	}
+	before = s.Counters
+	res, err = bed.Run(testbed.PeerSpec{Mode: testbed.ModePingPong, NetNS: ns.Name, Cgroup: pod,
+		Target: "127.0.0.1:8080", Size: 1024, Iterations: 50})
+	if err == nil {
+		err = res.Err()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s = status(); s.Counters.PairedSockets != before.PairedSockets || s.Counters.RedirectedBytes != before.RedirectedBytes {
+		t.Fatalf("a detached pod must not be paired: before %+v after %+v", before, s.Counters)
+	}
+	if _, errOut, code := sh("detach", pod); code != exitFailure || !strings.Contains(errOut, "not attached") {
+		t.Fatalf("detaching twice: exit %d: %s", code, errOut)
+	}
+	if _, _, code := sh("detach", pod, "--ignore-not-found"); code != 0 {
+		t.Fatalf("detach --ignore-not-found: exit %d", code)
+	}
+
+	// Uninstall asks for --yes, then removes every pin.
+	if _, errOut, code := sh("uninstall"); code != exitUsage || !strings.Contains(errOut, "--yes") {
+		t.Fatalf("uninstall without --yes: exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(pinDir); err != nil {
+		t.Fatalf("uninstall without --yes removed the pins: %v", err)
+	}
+	if _, errOut, code := sh("uninstall", "--yes"); code != 0 {
+		t.Fatalf("uninstall: exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pins left after uninstall: %v", err)
+	}
+	if _, _, code := sh("status"); code != exitFailure {
+		t.Fatalf("status after uninstall: exit %d", code)
+	}
+}
+
+// TestStatusSelfTest runs status with the hazard self-test on a freshly
+// installed, empty datapath.
+func TestStatusSelfTest(t *testing.T) {
+	requireRoot(t)
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	pinDir := "/sys/fs/bpf/sockhop-test-" + hex.EncodeToString(rnd[:])
+	dp, err := datapath.Load(datapath.Options{PinDir: pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	t.Cleanup(func() {
+		if err := datapath.Uninstall(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	out, errOut, code := cli(t, "--bpffs-dir", pinDir, "status", "-o", "json")
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+	var s statusJSON
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Hazards) != len(datapath.Hazards) || len(s.Attachments) != 0 {
+		t.Fatalf("want every hazard and no attachment: %s", out)
+	}
+	for _, h := range s.Hazards {
+		if h.Status == "" || h.Detail == "" {
+			t.Errorf("hazard without a finding: %+v", h)
+		}
+	}
+}
+
+// TestDoctorOnThisNode runs doctor for real: on the machines sockhop is
+// tested on, every check passes.
+func TestDoctorOnThisNode(t *testing.T) {
+	requireRoot(t)
+	out, errOut, code := cli(t, "doctor", "-o", "json")
+	var rep doctorReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("doctor JSON: %v\n%s%s", err, out, errOut)
+	}
+	if code != 0 || !rep.OK {
+		t.Fatalf("doctor fails on this node (exit %d):\n%s", code, out)
+	}
+	for _, want := range []string{"kernel", "cgroup v2", "net_cls/net_prio", "capabilities", "hazard splice", "hazard backpressure"} {
+		lineOf(t, rep, want)
+	}
+}
