@@ -60,6 +60,9 @@ pod. Other work on the node skews both modes alike but widens the spread.`,
 			}
 			return nil
 		}
+		if err := checkCaseFilters(cases, bench.IDs()); err != nil {
+			return err
+		}
 		if rounds < 0 {
 			return usageErrorf("--rounds must not be negative")
 		}
@@ -116,6 +119,24 @@ pod. Other work on the node skews both modes alike but widens the spread.`,
 		return nil
 	}
 	return cmd
+}
+
+// checkCaseFilters refuses a --cases entry that selects no case: an id,
+// or a leading part of ids that ends before a '-' ("bulk-2cpu").
+func checkCaseFilters(filters, ids []string) error {
+	for _, f := range filters {
+		ok := false
+		for _, id := range ids {
+			if id == f || strings.HasPrefix(id, strings.TrimSuffix(f, "-")+"-") {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return usageErrorf("--cases: %q selects no case (see 'sockhop bench --list')", f)
+		}
+	}
+	return nil
 }
 
 // renderBench prints one row per figure: off, on and the ratio.
