@@ -145,8 +145,12 @@ func renderBench(w io.Writer, rep bench.Report) error {
 	if rep.Quick {
 		kind = "quick run (a check, not a measurement)"
 	}
-	fmt.Fprintf(w, "Linux %s, %d CPUs, load %.2f before / %.2f after; %s, %d rounds per mode, %s\n\n",
-		rep.Machine.Kernel, rep.Machine.CPUs, rep.Machine.LoadBefore, rep.Machine.LoadAfter, kind, rep.Rounds,
+	rounds := "1 round"
+	if rep.Rounds != 1 {
+		rounds = fmt.Sprintf("%d rounds", rep.Rounds)
+	}
+	fmt.Fprintf(w, "Linux %s, %d CPUs, load %.2f before / %.2f after; %s, %s per mode, %s\n\n",
+		rep.Machine.Kernel, rep.Machine.CPUs, rep.Machine.LoadBefore, rep.Machine.LoadAfter, kind, rounds,
 		rep.Duration.Round(1e9))
 	tw := newTable(w)
 	fmt.Fprintln(tw, "CASE\tMETRIC\tOFF\tON\tRATIO\tREDIRECTED (ON)\tLEFT ON TCP (ON)")

@@ -267,3 +267,39 @@ func TestDoctorOnThisNode(t *testing.T) {
 		lineOf(t, rep, want)
 	}
 }
+
+// TestBenchQuickWithPlot runs two quick cases through the command and
+// draws them: the plumbing from bench.Run to the table, the JSON and the
+// picture. It asserts no timing.
+func TestBenchQuickWithPlot(t *testing.T) {
+	requireRoot(t)
+	png := filepath.Join(t.TempDir(), "bench.png")
+	out, errOut, code := cli(t, "bench", "--quick", "--cases", "pingpong-1cpu-64B,bulk-1cpu-64KiB", "--plot", png, "-o", "json")
+	if code != 0 {
+		t.Fatalf("bench: exit %d:\n%s\n%s", code, errOut, out)
+	}
+	var rep struct {
+		Cases []struct {
+			ID      string `json:"id"`
+			Metrics []struct {
+				Ratio float64 `json:"ratio"`
+			} `json:"metrics"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("bench JSON: %v\n%s", err, out)
+	}
+	if len(rep.Cases) < 2 || rep.Cases[0].ID != "pingpong-1cpu-64B" || len(rep.Cases[0].Metrics) == 0 || rep.Cases[0].Metrics[0].Ratio <= 0 {
+		t.Fatalf("bench cases: %+v", rep.Cases)
+	}
+	if !strings.Contains(errOut, "[1] pingpong-1cpu-64B") || !strings.Contains(errOut, "plot written to") {
+		t.Fatalf("progress and plot messages on stderr: %s", errOut)
+	}
+	fi, err := os.Stat(png)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() < 20_000 {
+		t.Fatalf("plot has only %d bytes", fi.Size())
+	}
+}

@@ -71,8 +71,8 @@ type Figure struct {
 func FromReport(rep bench.Report) (Figure, error) {
 	f := Figure{
 		Title: "sockhop: loopback TCP without and with sockhop, measured side by side",
-		Subtitle: fmt.Sprintf("Linux %s, %d CPUs, %s run, %d rounds per mode; ratio above each pair: how many times better with sockhop",
-			rep.Machine.Kernel, rep.Machine.CPUs, runKind(rep.Quick), rep.Rounds),
+		Subtitle: fmt.Sprintf("Linux %s, %d CPUs, load average %.1f; %s, %s per mode. Ratio above each pair: how many times better with sockhop",
+			rep.Machine.Kernel, rep.Machine.CPUs, rep.Machine.LoadBefore, runKind(rep.Quick), plural(rep.Rounds, "round")),
 		Latency: Panel{
 			Title:         "Latency: ping-pong round trip, p50 (client and server on one CPU)",
 			XLabel:        "message size",
@@ -102,9 +102,16 @@ func FromReport(rep bench.Report) (Figure, error) {
 
 func runKind(quick bool) string {
 	if quick {
-		return "quick (not a measurement)"
+		return "quick run (a check, not a measurement)"
 	}
-	return "full"
+	return "full run"
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }
 
 func points(rep bench.Report, kind, placement, metric string) []Point {
