@@ -40,9 +40,6 @@ const cgroupLinkPrefix = "cgroup-"
 // pinned bpf_link. Attaching an attached directory only updates its config.
 // Connections that were established before stay on TCP.
 func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
-	if d.objs.SockhopSockops == nil {
-		return fmt.Errorf("attach %s: datapath opened read-only (use Load)", cgroupDir)
-	}
 	if len(cfg.ExcludePorts) > MaxExcludePorts {
 		return fmt.Errorf("attach %s: at most %d excluded ports, got %d", cgroupDir, MaxExcludePorts, len(cfg.ExcludePorts))
 	}

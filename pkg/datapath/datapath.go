@@ -114,6 +114,10 @@ func Load(opts Options) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
+	if err := d.record(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	return d, nil
 }
 

@@ -311,23 +311,34 @@ func TestReceiverPolicy(t *testing.T) {
 	}
 }
 
-func TestOpenReadsWhatLoadAttached(t *testing.T) {
-	e := newEnv(t, datapath.Options{})
+// Open uses the installed datapath as it is: it lists what Load attached,
+// reports the installed options, and attaches with the installed program
+// without re-linking anything.
+func TestOpenUsesTheInstalledDatapath(t *testing.T) {
+	e := newEnv(t, datapath.Options{ProxyUIDs: []uint32{1337, 4242}, BacklogLimit: 1 << 20})
 	p := e.pod("app", true)
-	ro, err := datapath.Open(e.pinDir)
+	dp, err := datapath.Open(e.pinDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ro.Close()
-	atts, err := ro.Attachments()
+	defer dp.Close()
+	atts, err := dp.Attachments()
 	if err != nil || len(atts) != 1 || atts[0].CgroupPath != p.cgroup {
 		t.Fatalf("Open must list the attachment: %+v %v", atts, err)
 	}
-	if _, err := ro.Counters(); err != nil {
+	o := dp.Options()
+	if o.AppReceivers || o.BacklogLimit != 1<<20 || len(o.ProxyUIDs) != 2 || o.ProxyUIDs[1] != 4242 {
+		t.Fatalf("Open must report the installed options, got %+v", o)
+	}
+	other, err := e.bed.Cgroup("other")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ro.Attach(p.cgroup, datapath.PodConfig{}); err == nil {
-		t.Fatal("a read-only datapath must refuse to attach")
+	if err := dp.Attach(other, datapath.PodConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if atts, _ := e.dp.Attachments(); len(atts) != 2 {
+		t.Fatalf("an attach through Open must be seen by the loader: %+v", atts)
 	}
 	if _, err := datapath.Open(e.pinDir + "-absent"); !errors.Is(err, datapath.ErrNotInstalled) {
 		t.Fatalf("want ErrNotInstalled, got %v", err)

@@ -12,10 +12,9 @@ import (
 // ErrNotInstalled means there are no sockhop pins in the directory.
 var ErrNotInstalled = errors.New("sockhop is not installed here")
 
-// Open opens an installed datapath's pinned maps without loading or
-// re-linking anything: for looking (Attachments, Counters, Sockets), as
-// `sockhop status` does next to a running agent. Attach and SetPodIPs need
-// Load.
+// Open uses the datapath installed in pinDir as it is: its pinned maps,
+// programs and options; nothing is loaded or re-linked. For `sockhop status`
+// and for attaching next to a running agent without changing its options.
 func Open(pinDir string) (*Datapath, error) {
 	if pinDir == "" {
 		pinDir = DefaultPinDir
@@ -24,22 +23,45 @@ func Open(pinDir string) (*Datapath, error) {
 		return nil, fmt.Errorf("%s: %w", pinDir, ErrNotInstalled)
 	}
 	d := &Datapath{opts: Options{PinDir: pinDir}}
-	ro := &ebpf.LoadPinOptions{ReadOnly: true}
+	maps := filepath.Join(pinDir, mapsDir)
 	for _, m := range []struct {
 		name string
 		dst  **ebpf.Map
 	}{
 		{"sockhop_socks", &d.objs.SockhopSocks},
+		{"sockhop_state", &d.objs.SockhopState},
+		{"sockhop_pending", &d.objs.SockhopPending},
 		{"sockhop_pods", &d.objs.SockhopPods},
 		{"sockhop_podips", &d.objs.SockhopPodips},
 		{"sockhop_stats", &d.objs.SockhopStats},
 	} {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, mapsDir, m.name), ro)
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(maps, m.name), nil)
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("open pinned map %s: %w", m.name, err)
 		}
 		*m.dst = mp
+	}
+	cfg, err := ebpf.LoadPinnedMap(filepath.Join(maps, configMap), nil)
+	if err == nil {
+		var c pinnedConfig
+		err = cfg.Lookup(uint32(0), &c)
+		cfg.Close()
+		if err == nil {
+			d.opts = fromPinned(pinDir, c)
+		}
+	}
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("read installed options: %w", err)
+	}
+	for name, dst := range map[string]**ebpf.Program{"sockops": &d.objs.SockhopSockops, "sk_msg": &d.objs.SockhopMsg} {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("open pinned program %s: %w", name, err)
+		}
+		*dst = p
 	}
 	return d, nil
 }

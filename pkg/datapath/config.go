@@ -1,0 +1,89 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// The options a datapath was loaded with are pinned next to its maps, so
+// that Open (status, a standalone attach next to the agent) uses and shows
+// what is installed instead of imposing its own defaults.
+
+const (
+	configMap = "sockhop_config"
+	progsDir  = "progs"
+)
+
+// pinnedConfig is the value of the sockhop_config map (user space only).
+type pinnedConfig struct {
+	ProxyUIDs    [4]uint32
+	AppReceivers uint32
+	BacklogLimit uint32 // 0: unbounded
+}
+
+func configSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{
+		Name: configMap, Type: ebpf.Array, KeySize: 4, MaxEntries: 1,
+		ValueSize: 24, Pinning: ebpf.PinByName,
+	}
+}
+
+func toPinned(o Options) pinnedConfig {
+	c := pinnedConfig{ProxyUIDs: [4]uint32{noUID, noUID, noUID, noUID}}
+	copy(c.ProxyUIDs[:], o.ProxyUIDs)
+	if o.AppReceivers {
+		c.AppReceivers = 1
+	}
+	if o.BacklogLimit > 0 {
+		c.BacklogLimit = uint32(o.BacklogLimit)
+	}
+	return c
+}
+
+func fromPinned(pinDir string, c pinnedConfig) Options {
+	o := Options{PinDir: pinDir, AppReceivers: c.AppReceivers != 0, BacklogLimit: int(c.BacklogLimit), ProxyUIDs: []uint32{}}
+	if o.BacklogLimit == 0 {
+		o.BacklogLimit = -1
+	}
+	for _, u := range c.ProxyUIDs {
+		if u != noUID {
+			o.ProxyUIDs = append(o.ProxyUIDs, u)
+		}
+	}
+	return o
+}
+
+// record pins this process's programs and options: the installed datapath
+// is now the one Load built.
+func (d *Datapath) record() error {
+	m, err := ebpf.NewMapWithOptions(configSpec(), ebpf.MapOptions{PinPath: filepath.Join(d.opts.PinDir, mapsDir)})
+	if err != nil {
+		return fmt.Errorf("open config map: %w", err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), toPinned(d.opts)); err != nil {
+		return fmt.Errorf("record options: %w", err)
+	}
+	dir := filepath.Join(d.opts.PinDir, progsDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	for name, p := range map[string]*ebpf.Program{"sockops": d.objs.SockhopSockops, "sk_msg": d.objs.SockhopMsg} {
+		pin := filepath.Join(dir, name)
+		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("replace program pin %s: %w", pin, err)
+		}
+		if err := p.Pin(pin); err != nil {
+			return fmt.Errorf("pin program %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Options are the options this datapath runs with (for Open: those it was
+// installed with).
+func (d *Datapath) Options() Options { return d.opts }
