@@ -15,9 +15,9 @@ import (
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
-// loadFlags are the datapath options of commands that load the programs.
-// Loading re-points every pinned link at the new programs, so on a node
-// where the agent runs they must match the agent's.
+// loadFlags are the datapath options used when a command installs the
+// datapath. An installed datapath (the agent's, or an earlier attach's) is
+// used as it is, with the options it was installed with.
 type loadFlags struct {
 	appReceivers bool
 	proxyUIDs    []uint
@@ -73,9 +73,9 @@ CGROUP is a directory of the cgroup v2 hierarchy, absolute or relative to its
 mount point (/sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid
 ones). Attaching an attached cgroup updates its excluded ports.
 
-attach loads the programs and re-points every pinned link at them, as the
-agent does when it starts: on a node where the agent runs, give the same
---app-receivers, --proxy-uids and --backlog-limit as the agent.`,
+When sockhop is installed already (by the agent or an earlier attach), attach
+uses it as it is, with the options it was installed with; --app-receivers,
+--proxy-uids and --backlog-limit apply only when this attach installs it.`,
 		Example: `  sockhop attach system.slice/nginx.service
   sockhop attach /sys/fs/cgroup/app.slice --exclude-ports 5432,9300`,
 		Args: exactArgs(1, "CGROUP"),
@@ -96,9 +96,12 @@ agent does when it starts: on a node where the agent runs, give the same
 		if err != nil {
 			return err
 		}
-		dp, err := datapath.Load(opts)
+		dp, err := datapath.Open(g.pinDir)
+		if errors.Is(err, datapath.ErrNotInstalled) {
+			dp, err = datapath.Load(opts)
+		}
 		if err != nil {
-			return fmt.Errorf("load the datapath: %w", err)
+			return fmt.Errorf("open the datapath: %w", err)
 		}
 		defer dp.Close()
 		if err := dp.Attach(dir, datapath.PodConfig{ExcludePorts: excl}); err != nil {
@@ -114,7 +117,6 @@ func newDetachCommand(g *globalOptions) *cobra.Command {
 	var (
 		id             uint64
 		ignoreNotFound bool
-		lf             loadFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "detach {CGROUP | --id CGROUP_ID}",
@@ -122,10 +124,8 @@ func newDetachCommand(g *globalOptions) *cobra.Command {
 		Long: `Detach sockhop's sockops program from a cgroup. New connections of the cgroup
 go through TCP; established ones keep their path and lose no byte. The
 cgroup may be gone already: it is found by the path recorded at attach, or
-by its id (as 'sockhop status' lists it).
-
-detach loads the programs like attach does: give the agent's datapath flags
-on a node where the agent runs.`,
+by its id (as 'sockhop status' lists it). detach uses the installed datapath
+as it is and never installs one.`,
 		Example: `  sockhop detach system.slice/nginx.service
   sockhop detach --id 4711`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -142,12 +142,7 @@ on a node where the agent runs.`,
 	}
 	cmd.Flags().Uint64Var(&id, "id", 0, "cgroup id of the attachment (from 'sockhop status')")
 	cmd.Flags().BoolVar(&ignoreNotFound, "ignore-not-found", false, "succeed when the cgroup is not attached")
-	lf.register(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		opts, err := lf.options(g.pinDir)
-		if err != nil {
-			return err
-		}
 		what := fmt.Sprintf("cgroup id %d", id)
 		if len(args) == 1 {
 			dir, err := cgroupPath(args[0])
@@ -163,17 +158,15 @@ on a node where the agent runs.`,
 			}
 			return fmt.Errorf("%s is not attached (see 'sockhop status')", what)
 		}
-		// Look first, read-only: detaching what is not there must not
-		// install the datapath.
-		ro, err := datapath.Open(g.pinDir)
+		dp, err := datapath.Open(g.pinDir)
 		if errors.Is(err, datapath.ErrNotInstalled) {
 			return notFound()
 		}
 		if err != nil {
 			return fmt.Errorf("open the datapath: %w", err)
 		}
-		atts, err := ro.Attachments()
-		ro.Close()
+		defer dp.Close()
+		atts, err := dp.Attachments()
 		if err != nil {
 			return fmt.Errorf("list attachments: %w", err)
 		}
@@ -181,11 +174,6 @@ on a node where the agent runs.`,
 		if !ok {
 			return notFound()
 		}
-		dp, err := datapath.Load(opts)
-		if err != nil {
-			return fmt.Errorf("load the datapath: %w", err)
-		}
-		defer dp.Close()
 		if err := dp.DetachID(target.CgroupID); err != nil {
 			return err
 		}

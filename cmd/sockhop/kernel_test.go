@@ -172,7 +172,7 @@ func TestAttachStatusDetach(t *testing.T) {
 	}
 
 	// Detach: new connections stay on TCP.
-	out, errOut, code = sh("detach", rel, "--app-receivers")
+	out, errOut, code = sh("detach", rel)
 	if code != 0 || !strings.Contains(out, "detached "+pod) {
 		t.Fatalf("detach: exit %d: %s %s", code, out, errOut)
 	}
