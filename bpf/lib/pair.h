@@ -228,7 +228,10 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 	if (c2s)
 		join |= SH_CONN_SERVER_RX_SAFE;
 	__sync_fetch_and_or(&pending->flags, join);
+	/* Each direction kept on TCP for its receiver, counted once here. */
 	if (!s2c)
+		sh_count(SH_STAT_TX_UNSAFE_RX, 1);
+	if (!c2s)
 		sh_count(SH_STAT_TX_UNSAFE_RX, 1);
 	sh_count(SH_STAT_PAIRED_SERVER, 1);
 }

@@ -2,6 +2,9 @@ package datapath_test
 
 import (
 	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
 	"os"
 	"sync"
 	"testing"
@@ -69,7 +72,7 @@ func TestAttachMidStream(t *testing.T) {
 	before := e.counters()
 	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 2, Parallel: 2, Bytes: 256 << 20, MaxWrite: 1 << 20}
 	c := e.startClient(p, 0, spec)
-	time.Sleep(50 * time.Millisecond)
+	waitEstablished(t, p, 8080, spec.Conns)
 	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
 		t.Fatal(err)
 	}
@@ -343,4 +346,23 @@ func TestOpenUsesTheInstalledDatapath(t *testing.T) {
 	if _, err := datapath.Open(e.pinDir + "-absent"); !errors.Is(err, datapath.ErrNotInstalled) {
 		t.Fatalf("want ErrNotInstalled, got %v", err)
 	}
+}
+
+// waitEstablished waits until n connections to the port are established in
+// the pod's namespace.
+func waitEstablished(t *testing.T, p *pod, port, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		out, err := exec.Command("ip", "netns", "exec", p.ns.Name, "ss", "-Htn", "state", "established",
+			fmt.Sprintf("( dport = :%d )", port)).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(string(out), "\n") >= n {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("%d connections to port %d not established within 10s", n, port)
 }
