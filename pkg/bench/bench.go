@@ -413,6 +413,8 @@ func (s *suite) measure(ctx context.Context, c caseSpec, res *CaseResult) error 
 		off, on := sortedCopy(samples[ModeOff]), sortedCopy(samples[ModeOn])
 		res.Metrics = []Metric{latencyMetric("p50", 50, off, on), latencyMetric("p99", 99, off, on)}
 	}
+	res.Metrics[0].PairRatios = pairRatios(res.Rounds, res.Metrics[0].LowerIsBetter)
+	res.Metrics[0].Ratio = median(res.Metrics[0].PairRatios)
 	return nil
 }
 

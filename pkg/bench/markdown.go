@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -31,11 +32,17 @@ func (r Report) Markdown() string {
 				redir = bytesText(on.RedirectedBytes) + " / " + bytesText(off.RedirectedBytes)
 				pass = reasonsText(on.Passthrough)
 			}
-			fmt.Fprintf(&b, "| %s | %s (%s) | %s | %s | %.2f× | %s | %s |\n",
-				c.ID, m.Name, m.Unit, number(m.Off), number(m.On), m.Ratio, redir, pass)
+			ratio := fmt.Sprintf("%.2f×", m.Ratio)
+			if len(m.PairRatios) > 1 {
+				ratio += fmt.Sprintf(" (%.2f–%.2f)", slices.Min(m.PairRatios), slices.Max(m.PairRatios))
+			}
+			fmt.Fprintf(&b, "| %s | %s (%s) | %s | %s | %s | %s | %s |\n",
+				c.ID, m.Name, m.Unit, number(m.Off), number(m.On), ratio, redir, pass)
 		}
 	}
-	b.WriteString("\nRatio: how many times better ON is (off/on for latency, on/off for throughput and rate).\n")
+	b.WriteString("\nRatio: how many times better ON is (off/on for latency, on/off for throughput and rate). " +
+		"For p50, throughput and rate it is the median of the ratios of off/on rounds run back to back " +
+		"(their range in brackets); off and on are the pooled p50 and p99 of all rounds, or the median round.\n")
 	return b.String()
 }
 

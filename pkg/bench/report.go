@@ -84,8 +84,13 @@ type Metric struct {
 	Off  float64 `json:"off"`
 	On   float64 `json:"on"`
 	// Ratio is how many times better ON is: off/on for latencies, on/off
-	// for throughput and rates. Above 1 means faster with sockhop.
+	// for throughput and rates. Above 1 means faster with sockhop. For a
+	// case's headline metric (p50, throughput, rate) it is the median of
+	// PairRatios, which compare rounds run back to back, so that the
+	// machine's drift between pairs cancels; otherwise it is Off/On.
 	Ratio float64 `json:"ratio"`
+	// PairRatios are the ratios of each off/on pair of rounds.
+	PairRatios []float64 `json:"pair_ratios,omitempty"`
 	// LowerIsBetter is true for latencies.
 	LowerIsBetter bool `json:"lower_is_better"`
 }

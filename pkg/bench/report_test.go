@@ -41,6 +41,23 @@ func TestPercentileAndMedian(t *testing.T) {
 	}
 }
 
+func TestPairRatiosFollowRoundsBackToBack(t *testing.T) {
+	// A step in the machine's speed between the pairs: the medians of each
+	// mode would claim 1.5x, the pairs see 1.0x.
+	rounds := []Round{
+		{Mode: ModeOff, Value: 1800}, {Mode: ModeOn, Value: 1800},
+		{Mode: ModeOn, Value: 1800}, {Mode: ModeOff, Value: 1200},
+		{Mode: ModeOff, Value: 1200}, {Mode: ModeOn, Value: 1200},
+	}
+	got := pairRatios(rounds, false)
+	if !slices.Equal(got, []float64{1, 1.5, 1}) || median(got) != 1 {
+		t.Fatalf("pair ratios %v (median %v), want [1 1.5 1] and 1", got, median(got))
+	}
+	if got := pairRatios(rounds[:2], true); !slices.Equal(got, []float64{1}) {
+		t.Fatalf("latency pair ratios %v, want [1]", got)
+	}
+}
+
 func TestSelected(t *testing.T) {
 	for _, tc := range []struct {
 		id      string

@@ -51,3 +51,24 @@ func rateMetric(name, unit string, off, on []float64) Metric {
 	}
 	return m
 }
+
+// pairRatios compares the rounds of each back-to-back pair (roundModes
+// runs them as pairs): off/on when lower is better, on/off otherwise.
+func pairRatios(rounds []Round, lowerIsBetter bool) []float64 {
+	var rs []float64
+	for i := 0; i+1 < len(rounds); i += 2 {
+		off, on := rounds[i], rounds[i+1]
+		if off.Mode == ModeOn {
+			off, on = on, off
+		}
+		if off.Mode != ModeOff || on.Mode != ModeOn || off.Value <= 0 || on.Value <= 0 {
+			continue
+		}
+		if lowerIsBetter {
+			rs = append(rs, off.Value/on.Value)
+		} else {
+			rs = append(rs, on.Value/off.Value)
+		}
+	}
+	return rs
+}
