@@ -37,6 +37,20 @@ SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
 # The sandbox image: built from e2e/image/pause, imported, never pulled.
 PAUSE_IMAGE=docker.io/sockhop/pause:e2e
+# The environment of clients run in the namespace (exec.sh, env.sh): the cluster's
+# kubeconfig, and kubectl's and helm's caches in the state directory rather than in
+# the home directory, so down.sh leaves nothing behind.
+CLIENT_ENV=(
+	KUBECONFIG="${KUBECONFIG_PATH}"
+	KUBECACHEDIR="${STATE_DIR}/client/kube-cache"
+	HELM_CACHE_HOME="${STATE_DIR}/client/helm/cache"
+	HELM_CONFIG_HOME="${STATE_DIR}/client/helm/config"
+	HELM_DATA_HOME="${STATE_DIR}/client/helm/data"
+	SOCKHOP_E2E_NODE="${NODE_NAME}"
+	SOCKHOP_E2E_STATE="${STATE_DIR}"
+	CONTAINERD_ADDRESS="${CONTAINERD_SOCK}"
+	CONTAINERD_NAMESPACE=k8s.io
+)
 # Debian puts the CNI plugins here.
 CNI_BIN_DIR=/usr/lib/cni
 
@@ -67,11 +81,19 @@ holder_pid() {
 }
 
 # ns_exec runs a command inside the cluster's network and mount namespaces, in the
-# current directory (nsenter would otherwise start in /).
+# current directory (nsenter would otherwise start in /), set up for the cluster.
 ns_exec() {
 	local pid
 	pid=$(holder_pid) || die "the e2e cluster is not up (no namespace holder); run e2e/cluster/up.sh"
-	nsenter --target "${pid}" --net --mount --wd="${PWD}" -- "$@"
+	env "${CLIENT_ENV[@]}" nsenter --target "${pid}" --net --mount --wd="${PWD}" -- "$@"
+}
+
+# alive PID succeeds while PID runs; a zombie waiting to be reaped does not count.
+alive() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[[ ${stat%% *} != Z ]]
 }
 
 # cgroup_mounts prints the mount point of every cgroup hierarchy (v1 and v2).
