@@ -23,10 +23,6 @@ KUBECONFIG_PATH="${STATE_DIR}/kubeconfig"
 PID_DIR="${STATE_DIR}/pids"
 LOG_DIR="${STATE_DIR}/logs"
 CONTAINERD_SOCK="${STATE_DIR}/containerd/containerd.sock"
-# The cgroup parent given to kubelet as cgroupRoot; created in every hierarchy. The
-# cluster's own daemons run in its child "node" (in the cgroup v2 hierarchy), so every
-# process the cluster starts, down to containers and shims, can be found again.
-CGROUP_ROOT_NAME=${SOCKHOP_E2E_CGROUP_ROOT:-sockhop-e2e}
 
 # The node's network, all inside the cluster's private network namespace.
 NODE_NAME=sockhop-e2e
@@ -37,6 +33,12 @@ SERVICE_CIDR=10.96.0.0/16
 API_SERVICE_IP=10.96.0.1
 # The sandbox image: built from e2e/image/pause, imported, never pulled.
 PAUSE_IMAGE=docker.io/sockhop/pause:e2e
+
+# The cgroup parent given to kubelet as cgroupRoot; created in every hierarchy. The
+# cluster's own daemons run in its child "node" (in the cgroup v2 hierarchy), so every
+# process the cluster starts, down to containers and shims, can be found again.
+CGROUP_ROOT_NAME=${SOCKHOP_E2E_CGROUP_ROOT:-sockhop-e2e}
+
 # The environment of clients run in the namespace (exec.sh, env.sh): the cluster's
 # kubeconfig, and kubectl's and helm's caches in the state directory rather than in
 # the home directory, so down.sh leaves nothing behind.
@@ -48,9 +50,11 @@ CLIENT_ENV=(
 	HELM_DATA_HOME="${STATE_DIR}/client/helm/data"
 	SOCKHOP_E2E_NODE="${NODE_NAME}"
 	SOCKHOP_E2E_STATE="${STATE_DIR}"
+	SOCKHOP_E2E_CGROUP_ROOT="${CGROUP_ROOT_NAME}"
 	CONTAINERD_ADDRESS="${CONTAINERD_SOCK}"
 	CONTAINERD_NAMESPACE=k8s.io
 )
+
 # Debian puts the CNI plugins here.
 CNI_BIN_DIR=/usr/lib/cni
 
