@@ -14,6 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PKI="${STATE_DIR}/pki"
 CONF="${STATE_DIR}/conf"
 DAEMON_PATH="${BIN_DIR}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 check_prerequisites() {
 	need_root
 	local bin
@@ -255,7 +256,7 @@ start_holder() {
 	log "create network and mount namespace"
 	# shellcheck disable=SC2016 # expanded by the inner sh
 	setsid unshare --net --mount --propagation private -- \
-		sh -c 'echo $$ >"$1"; exec sleep infinity' holder "${PID_DIR}/holder.tmp" \
+		sh -c 'cd / && echo $$ >"$1" && exec sleep infinity' holder "${PID_DIR}/holder.tmp" \
 		</dev/null >/dev/null 2>&1 &
 	local i pid
 	for ((i = 0; i < 100; i++)); do
