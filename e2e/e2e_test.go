@@ -1,0 +1,308 @@
+// Package e2e holds sockhop's real-cluster tests. They run against the single-node
+// cluster of e2e/cluster (e2e/run.sh builds, starts, tests and tears down), skip
+// unless SOCKHOP_E2E=1, and fail when SOCKHOP_E2E=1 but the cluster is unreachable.
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+const (
+	// Bytes each way per connection of a checked transfer.
+	transferBytes = 8 << 20
+	// Streams that stay open while the agent restarts, upgrades or goes away:
+	// paced so that they outlive what the test does meanwhile.
+	liveConns = 50
+	liveBytes = 3 << 20
+	liveRate  = 128 << 10
+)
+
+// TestE2E runs the scenarios in order on one installation: later ones build on the
+// agent installed by the first and the last one uninstalls it.
+func TestE2E(t *testing.T) {
+	c := connect(t)
+
+	t.Run("helm install: agent Ready", func(t *testing.T) {
+		helm(t, installArgs()...)
+		p := c.agentPod(t)
+		t.Logf("agent %s Ready on %s", p.Name, p.Spec.NodeName)
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	const ns = "sockhop-e2e-mesh"
+	c.namespace(t, ns, true)
+	server := c.meshPod(t, ns, "server", nil)
+	client := c.meshPod(t, ns, "client", nil)
+
+	t.Run("labelled namespace: Accelerated events, redirected bytes on every hop, intact", func(t *testing.T) {
+		for _, p := range []string{"server", "client"} {
+			pod := server
+			if p == "client" {
+				pod = client
+			}
+			if !c.accelerated(pod, time.Minute) {
+				t.Fatalf("no Accelerated event for %s/%s", ns, pod.Name)
+			}
+		}
+		before := c.status(t)
+		for _, p := range []string{string(server.UID), string(client.UID)} {
+			if !before.lists(p) {
+				t.Errorf("sockhop status does not list pod %s:\n%s", p, before.raw)
+			}
+		}
+		const conns = 4
+		res, err := c.stream(context.Background(), client, server, conns, transferBytes, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkIntact(t, "streams through client sidecar, server sidecar", res, conns, transferBytes)
+		after := c.status(t)
+		// Each byte crosses three hops each way: client app → client sidecar,
+		// client sidecar → server sidecar (same node), server sidecar → server app.
+		// Counters are node-wide, so all three hops redirecting shows as at least
+		// three times the bytes moved (90% of it: the first sends of a
+		// connection may go through TCP before both ends are paired).
+		moved := float64(res.BytesSent + res.BytesVerified)
+		got := after.counter(t, "redirectedbytes") - before.counter(t, "redirectedbytes")
+		t.Logf("moved %.0f bytes each way over %d connections; redirected bytes grew by %.0f (%.2f per byte moved)", moved/2, conns, got, got/moved)
+		if got < 0.9*3*moved {
+			t.Errorf("redirected bytes grew by %.0f, want at least %.0f (three hops of %.0f bytes)", got, 0.9*3*moved, moved)
+		}
+	})
+
+	t.Run("unlabelled namespace: untouched", func(t *testing.T) {
+		const plain = "sockhop-e2e-plain"
+		c.namespace(t, plain, false)
+		ps := c.meshPod(t, plain, "server", nil)
+		pc := c.meshPod(t, plain, "client", nil)
+		c.checkNotAccelerated(t, ps, pc)
+	})
+
+	t.Run("opt-out annotation: untouched", func(t *testing.T) {
+		off := map[string]string{accelKey: "disabled"}
+		ps := c.meshPod(t, ns, "server-optout", off)
+		pc := c.meshPod(t, ns, "client-optout", off)
+		c.checkNotAccelerated(t, ps, pc)
+	})
+
+	t.Run("deleting a pod leaves nothing of it", func(t *testing.T) {
+		p := c.meshPod(t, ns, "client-doomed", nil)
+		if !c.accelerated(p, time.Minute) {
+			t.Fatalf("no Accelerated event for %s", p.Name)
+		}
+		if err := c.cs.CoreV1().Pods(ns).Delete(context.Background(), p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for {
+			s := c.status(t)
+			if !s.lists(string(p.UID)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a minute after deleting pod %s, sockhop status still lists it:\n%s", p.UID, s.raw)
+			}
+			time.Sleep(time.Second)
+		}
+	})
+
+	// underLoad starts liveConns paced streams, does something to the agent, and
+	// checks that every stream completed intact and that new connections are
+	// accelerated again.
+	underLoad := func(t *testing.T, do func(t *testing.T), newAccelerated bool) {
+		done := c.streamInBackground(client, server, liveConns, liveBytes, liveRate)
+		time.Sleep(3 * time.Second) // let every stream get going
+		do(t)
+		res, err := done()
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkIntact(t, "live streams", res, liveConns, liveBytes)
+		if newAccelerated {
+			before := c.status(t)
+			res, err := c.stream(context.Background(), client, server, 2, transferBytes, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkIntact(t, "new streams", res, 2, transferBytes)
+			got := c.status(t).counter(t, "redirectedbytes") - before.counter(t, "redirectedbytes")
+			if moved := float64(res.BytesSent + res.BytesVerified); got < 0.9*3*moved {
+				t.Errorf("new connections: redirected bytes grew by %.0f, want at least %.0f", got, 0.9*3*moved)
+			}
+		}
+	}
+
+	t.Run("agent pod deleted under load", func(t *testing.T) {
+		underLoad(t, func(t *testing.T) {
+			old := c.agentPod(t)
+			if err := c.cs.CoreV1().Pods(sockhopNS).Delete(context.Background(), old.Name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			c.waitNewAgent(t, string(old.UID))
+		}, true)
+	})
+
+	t.Run("agent SIGKILLed under load", func(t *testing.T) {
+		underLoad(t, func(t *testing.T) {
+			old := c.agentPod(t)
+			pid := agentPID(t)
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatalf("kill agent pid %d: %v", pid, err)
+			}
+			t.Logf("SIGKILLed sockhop-agent pid %d", pid)
+			c.waitAgentRestarted(t, old.Name, old.Status.ContainerStatuses[0].RestartCount)
+		}, true)
+	})
+
+	t.Run("helm upgrade with a changed value under load", func(t *testing.T) {
+		underLoad(t, func(t *testing.T) {
+			old := c.agentPod(t)
+			helm(t, installArgs("--set", "logLevel=debug")...)
+			c.waitNewAgent(t, string(old.UID))
+		}, true)
+	})
+
+	t.Run("removing the label stops acceleration of new connections", func(t *testing.T) {
+		c.setLabel(t, ns, "")
+		defer c.setLabel(t, ns, accelValue)
+		// The agent detaches asynchronously: allow it a few seconds.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			before := c.status(t)
+			res, err := c.stream(context.Background(), client, server, 2, transferBytes, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkIntact(t, "streams after removing the label", res, 2, transferBytes)
+			got := c.status(t).counter(t, "redirectedbytes") - before.counter(t, "redirectedbytes")
+			if got == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("30 s after removing the label, new connections still redirect %.0f bytes", got)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	})
+
+	t.Run("helm uninstall: no pins left, live connections keep working", func(t *testing.T) {
+		// The label is back: wait until new connections are accelerated again, so
+		// that the live streams below ride the datapath that uninstall removes.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			before := c.status(t)
+			res, err := c.stream(context.Background(), client, server, 1, 1<<20, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.status(t).counter(t, "redirectedbytes") > before.counter(t, "redirectedbytes") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("30 s after labelling %s again, new connections are not accelerated (%d bytes moved)", ns, res.BytesSent)
+			}
+			time.Sleep(2 * time.Second)
+		}
+		underLoad(t, func(t *testing.T) {
+			helm(t, "uninstall", release, "-n", sockhopNS, "--wait", "--timeout", "2m")
+		}, false)
+		entries, err := os.ReadDir("/sys/fs/bpf/sockhop")
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if len(entries) > 0 {
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			t.Errorf("pins left under /sys/fs/bpf/sockhop after helm uninstall: %v", names)
+		}
+	})
+}
+
+// checkNotAccelerated checks that a pair of pods gets no Accelerated event, is not
+// listed by sockhop status, and that transfers between them redirect nothing.
+func (c *cluster) checkNotAccelerated(t *testing.T, server, client *corev1.Pod) {
+	t.Helper()
+	before := c.status(t)
+	res, err := c.stream(context.Background(), client, server, 2, transferBytes, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkIntact(t, "streams between pods that are not accelerated", res, 2, transferBytes)
+	after := c.status(t)
+	if got := after.counter(t, "redirectedbytes") - before.counter(t, "redirectedbytes"); got != 0 {
+		t.Errorf("redirected bytes grew by %.0f between pods that are not accelerated", got)
+	}
+	for _, p := range []*corev1.Pod{server, client} {
+		if after.lists(string(p.UID)) {
+			t.Errorf("sockhop status lists pod %s/%s (%s)", p.Namespace, p.Name, p.UID)
+		}
+		if c.accelerated(p, 2*time.Second) {
+			t.Errorf("pod %s/%s has an Accelerated event", p.Namespace, p.Name)
+		}
+	}
+}
+
+// waitNewAgent waits for a Ready agent pod other than the one with this UID.
+func (c *cluster) waitNewAgent(t *testing.T, oldUID string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if p := c.agentPod(t); string(p.UID) != oldUID {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no new agent pod Ready after 2 minutes")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// waitAgentRestarted waits until the agent container of the pod restarted and is Ready.
+func (c *cluster) waitAgentRestarted(t *testing.T, pod string, restarts int32) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		p, err := c.cs.CoreV1().Pods(sockhopNS).Get(context.Background(), pod, metav1.GetOptions{})
+		if err == nil && podReady(p) && len(p.Status.ContainerStatuses) > 0 && p.Status.ContainerStatuses[0].RestartCount > restarts {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent container not restarted and Ready after 2 minutes")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// agentPID finds the sockhop-agent process on this node (the test runs on the
+// node, in the cluster's namespaces, sharing the host's PID namespace).
+func agentPID(t *testing.T) int {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	var found []int
+	for _, exe := range procs {
+		target, err := os.Readlink(exe)
+		if err != nil || filepath.Base(target) != "sockhop-agent" {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(exe))); err == nil {
+			found = append(found, pid)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want one sockhop-agent process on the node, found %v", found)
+	}
+	return found[0]
+}
