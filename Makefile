@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all deps generate check-generate build test test-unit bench lint envtest-assets e2e-cluster e2e-down e2e demo clean
+.PHONY: all deps generate check-generate build test test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test demo clean
 
 all: build
 
@@ -34,7 +34,7 @@ envtest-assets:
 
 ## test: the whole suite — unit, kernel (root), controller tests against a real API server
 test: deps envtest-assets
-	KUBEBUILDER_ASSETS="$$(e2e/cluster/build.sh envtest)" $(GO) test -count=1 -timeout 60m ./...
+	KUBEBUILDER_ASSETS="$$(e2e/cluster/build.sh envtest)" $(GO) test -p 1 -count=1 -timeout 60m ./...
 
 ## test-unit: only what needs neither root nor a cluster
 test-unit:
@@ -44,10 +44,27 @@ test-unit:
 bench: deps
 	$(GO) test -run '^$$' -bench BenchmarkDatapath -benchtime 1x -timeout 30m ./pkg/bench
 
+## demo: local single-node cluster + Helm install + a mesh workload measured before/after opting in
+demo: deps
+	e2e/demo.sh
+
+## images: the agent and mesh-workload images, built without a Docker engine (OCI archives)
+images:
+	e2e/images.sh
+
+## e2e: build the cluster and images, start the cluster, run ./e2e, tear it all down
+e2e: deps
+	e2e/run.sh
+
+## e2e-test: run ./e2e against the cluster that is up
+e2e-test:
+	SOCKHOP_E2E=1 e2e/cluster/exec.sh $(GO) test -count=1 -timeout 30m ./e2e/...
+
 e2e-cluster:
 	e2e/cluster/build.sh
 	e2e/cluster/up.sh
 
+## e2e-down: stop the local cluster and remove everything it made
 e2e-down:
 	e2e/cluster/down.sh
 
