@@ -10,7 +10,10 @@ set -euo pipefail
 # shellcheck source=e2e/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DAEMONS=(kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd)
+# Stopped in two rounds: the API server needs etcd to shut down cleanly (it removes
+# itself from the kubernetes Endpoints), and kubelet needs containerd.
+DAEMONS_FIRST=(kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver)
+DAEMONS_LAST=(containerd etcd)
 
 # daemon_pid NAME prints the recorded PID of a daemon if that process still runs the
 # recorded binary (a reused PID is never signalled).
@@ -22,21 +25,26 @@ daemon_pid() {
 	echo "${pid}"
 }
 
-# stop_daemons asks every daemon to stop, and kills those that have not within 10 s.
+# stop_daemons NAME... asks the daemons to stop, and kills those that have not within 10 s.
 stop_daemons() {
-	local name pid pids=()
-	for name in "${DAEMONS[@]}"; do
+	local name pid
+	local -A pids=()
+	for name in "$@"; do
 		if pid=$(daemon_pid "${name}"); then
 			kill -TERM "${pid}" 2>/dev/null || true
-			pids+=("${pid}")
+			pids[${name}]=${pid}
 		fi
 	done
 	((${#pids[@]} > 0)) || return 0
-	log "stopping ${#pids[@]} daemons"
+	log "stopping ${!pids[*]}"
 	local deadline=$((SECONDS + 10))
-	for pid in "${pids[@]}"; do
+	for name in "${!pids[@]}"; do
+		pid=${pids[${name}]}
 		while alive "${pid}" && ((SECONDS < deadline)); do sleep 0.1; done
-		kill -KILL "${pid}" 2>/dev/null || true
+		if alive "${pid}"; then
+			log "${name} did not stop within 10s of SIGTERM; killing it"
+			kill -KILL "${pid}" 2>/dev/null || true
+		fi
 	done
 }
 
@@ -130,7 +138,8 @@ remove_state() {
 
 main() {
 	need_root
-	stop_daemons
+	stop_daemons "${DAEMONS_FIRST[@]}"
+	stop_daemons "${DAEMONS_LAST[@]}"
 	kill_cgroup_processes
 	remove_cgroups
 	stop_holder
