@@ -106,23 +106,26 @@ find_namespace_users() {
 	return 0
 }
 
-# remove_mount_points removes the directories ns-setup.sh created on the VM as mount
-# points. Only empty directories are removed: inside the namespace they were covered
-# by bind mounts, so nothing was written to them.
+# remove_mount_points removes the mount-point directories an e2e cluster created
+# on the VM (see PRIVATE_DIRS), once no namespace mounts them any more: another
+# cluster (other SOCKHOP_E2E_STATE) may still use them, and removing them would
+# detach its mounts. Only a directory holding nothing but the marker is removed.
 remove_mount_points() {
-	local top
-	[[ -r "${STATE_DIR}/created-mount-points" ]] || return 0
-	while read -r top; do
-		[[ -d ${top} ]] || continue
-		# Another e2e cluster (other SOCKHOP_E2E_STATE) may mount over the same paths
-		# in its namespace; removing them would detach its mounts.
-		if grep -qs " ${top}[ /]" /proc/[0-9]*/mountinfo; then
-			log "${top} is a mount point of another namespace; left in place"
+	local entry dir
+	for entry in "${PRIVATE_DIRS[@]}"; do
+		dir=${entry%%=*}
+		[[ -f "${dir}/${MOUNT_POINT_MARKER}" ]] || continue
+		if grep -qs " ${dir} " /proc/[0-9]*/mountinfo; then
+			log "${dir} is still a mount point in another namespace; left in place"
 			continue
 		fi
-		find "${top}" -depth -type d -empty -delete
-		[[ ! -e ${top} ]] || log "warning: ${top} is not empty; left in place"
-	done <"${STATE_DIR}/created-mount-points"
+		if [[ $(find "${dir}" -mindepth 1 -maxdepth 1 ! -name "${MOUNT_POINT_MARKER}" | head -1) ]]; then
+			log "warning: ${dir} is not empty; left in place"
+			continue
+		fi
+		rm -f "${dir}/${MOUNT_POINT_MARKER}"
+		rmdir "${dir}"
+	done
 }
 
 remove_state() {

@@ -55,6 +55,14 @@ CLIENT_ENV=(
 	CONTAINERD_NAMESPACE=k8s.io
 )
 
+# Directories kubelet, containerd and the CNI library use whatever they are told
+# (device-plugin socket, shim sockets, CNI result cache). Inside the namespace each is
+# a bind mount of a directory under the state directory (ns-setup.sh). One missing on
+# the VM is created as an empty mount point holding MOUNT_POINT_MARKER (hidden under
+# the bind mount), and removed by down.sh once no namespace mounts it any more.
+PRIVATE_DIRS=(/var/lib/kubelet=kubelet /var/lib/cni=cni/cache /run/containerd=containerd/run)
+MOUNT_POINT_MARKER=.sockhop-e2e-mount-point
+
 # Debian puts the CNI plugins here.
 CNI_BIN_DIR=/usr/lib/cni
 

@@ -2,7 +2,7 @@
 # Run by up.sh inside the cluster's fresh network and mount namespace (via nsenter):
 # prepares the mounts, sysctls and network the node needs. Everything done here is
 # private to the namespaces and vanishes with them; the only trace on the VM are
-# empty mount-point directories, recorded for down.sh to remove.
+# mount-point directories, marked for down.sh to remove.
 set -euo pipefail
 
 # shellcheck source=e2e/cluster/lib.sh
@@ -13,11 +13,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # /proc/sys entries inside this mount namespace only.
 KUBELET_SYSCTLS=(vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1
 	kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000)
-
-# Directories kubelet, containerd and the CNI library use whatever they are told
-# (device-plugin socket, shim sockets, CNI result cache): each is a bind mount of a
-# directory under the state directory here.
-PRIVATE_DIRS=(/var/lib/kubelet=kubelet /var/lib/cni=cni/cache /run/containerd=containerd/run)
 
 # Shared inside the namespace (new peer groups, unrelated to the VM's mounts), so
 # kubelet can honour mount propagation for volumes.
@@ -31,13 +26,11 @@ mount_logs() {
 	mount -t tmpfs -o mode=755,size=1g sockhop-e2e-log /var/log
 }
 
-# mount_point DIR creates DIR if missing and records the topmost directory created.
+# mount_point DIR creates DIR if missing, marked as created by an e2e cluster.
 mount_point() {
-	local dir=$1 top=$1
-	[[ -d ${dir} ]] && return 0
-	while [[ ! -e $(dirname "${top}") ]]; do top=$(dirname "${top}"); done
-	mkdir -p "${dir}"
-	echo "${top}" >>"${STATE_DIR}/created-mount-points"
+	[[ -d $1 ]] && return 0
+	mkdir "$1"
+	touch "$1/${MOUNT_POINT_MARKER}"
 }
 
 mount_private_dirs() {
