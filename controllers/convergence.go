@@ -47,11 +47,24 @@ func (c *convergence) Start(ctx context.Context) error {
 	if !c.cache.WaitForCacheSync(ctx) {
 		return nil // stopped before the cache synced
 	}
-	start := time.Now()
-	if err := c.r.Converge(ctx); err != nil {
-		logger.Error(err, "first convergence")
+	// Until the first convergence gets through (the pins and the cache
+	// could be read), the agent is not ready: try again soon.
+	for start := time.Now(); ; {
+		err := c.r.Converge(ctx)
+		if c.r.Synced() {
+			if err != nil {
+				logger.Error(err, "first convergence: some pods are not converged yet")
+			}
+			logger.Info("converged", "took", time.Since(start))
+			break
+		}
+		logger.Error(err, "first convergence failed; retrying")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
 	}
-	logger.Info("converged", "took", time.Since(start))
 
 	period := c.r.ResyncPeriod
 	if period <= 0 {
@@ -94,14 +107,9 @@ func (r *PodReconciler) Converge(ctx context.Context) error {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.loaded = false // re-read the pins: they are the truth
-	if err := r.loadLocked(); err != nil {
-		return err
-	}
-	atts, err := r.Datapath.Attachments()
+	atts, err := r.readActualLocked() // the pins are the truth
 	if err != nil {
-		r.Metrics.DatapathError(metrics.OpAttachments)
-		return fmt.Errorf("list attachments: %w", err)
+		return err
 	}
 
 	live := make(map[string]bool, len(podList.Items))

@@ -374,10 +374,16 @@ func (r *PodReconciler) loadLocked() error {
 	if r.loaded {
 		return nil
 	}
+	_, err := r.readActualLocked()
+	return err
+}
+
+// readActualLocked reads the actual state from the pins.
+func (r *PodReconciler) readActualLocked() ([]datapath.Attachment, error) {
 	atts, err := r.Datapath.Attachments()
 	if err != nil {
 		r.Metrics.DatapathError(metrics.OpAttachments)
-		return fmt.Errorf("list attachments: %w", err)
+		return nil, fmt.Errorf("list attachments: %w", err)
 	}
 	r.attached = make(map[string]attachment, len(atts))
 	for _, a := range atts {
@@ -389,7 +395,7 @@ func (r *PodReconciler) loadLocked() error {
 	}
 	r.loaded = true
 	r.Metrics.SetPodsAccelerated(len(r.attached))
-	return nil
+	return atts, nil
 }
 
 // setIPsLocked records the IPs of a pod (nil when it is not attached) and
