@@ -541,4 +541,3 @@ func TestAgentUninstallOnDelete(t *testing.T) {
 		t.Errorf("no uninstall in the log:\n%s", a.logText())
 	}
 }
-
