@@ -1,9 +1,13 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
 func TestFlagDefaults(t *testing.T) {
@@ -88,5 +92,25 @@ func TestParseUIDs(t *testing.T) {
 	}
 	if got, _ := parseUIDs(""); got == nil {
 		t.Error(`parseUIDs("") is nil: the datapath would read it as "use the defaults"`)
+	}
+}
+
+func TestReadiness(t *testing.T) {
+	fe := &datapath.FeatureError{Feature: "program type sk_msg", Err: errors.New("invalid argument")}
+	synced := false
+	check := readiness(nil, func() bool { return synced })
+	if err := check(nil); err == nil || !strings.Contains(err.Error(), "first convergence") {
+		t.Errorf("before the first convergence: %v", err)
+	}
+	synced = true
+	if err := check(nil); err != nil {
+		t.Errorf("after the first convergence: %v", err)
+	}
+	err := readiness(fe, func() bool { return true })(nil)
+	if err == nil || !strings.Contains(err.Error(), "degraded, accelerating nothing: kernel lacks program type sk_msg") {
+		t.Errorf("degraded: %v", err)
+	}
+	if !errors.Is(err, datapath.ErrNotSupported) {
+		t.Errorf("degraded reason does not wrap datapath.ErrNotSupported: %v", err)
 	}
 }

@@ -194,15 +194,8 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("datapath", func(*http.Request) error {
-		switch {
-		case degraded != nil:
-			return fmt.Errorf("degraded, accelerating nothing: %w", degraded)
-		case !rec.Synced():
-			return errors.New("first convergence not done yet")
-		}
-		return nil
-	}); err != nil {
+	synced := func() bool { return rec != nil && rec.Synced() }
+	if err := mgr.AddReadyzCheck("datapath", readiness(degraded, synced)); err != nil {
 		return err
 	}
 
@@ -215,6 +208,21 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 		uninstallIfDeleted(restCfg, scheme, c, logger)
 	}
 	return nil
+}
+
+// readiness is the agent's /readyz check: ready once the datapath is loaded
+// and the first convergence is done; a degraded agent (the kernel lacks a
+// feature) is never ready and says why.
+func readiness(degraded error, synced func() bool) healthz.Checker {
+	return func(*http.Request) error {
+		switch {
+		case degraded != nil:
+			return fmt.Errorf("degraded, accelerating nothing: %w", degraded)
+		case !synced():
+			return errors.New("first convergence not done yet")
+		}
+		return nil
+	}
 }
 
 func closeDatapath(dp *datapath.Datapath, logger logr.Logger) {
