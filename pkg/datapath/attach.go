@@ -149,13 +149,7 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 				}
 			}
 		}
-		if a.CgroupPath != "" {
-			if f, err := os.Open(a.CgroupPath); err == nil {
-				got, err := cgroupID(f)
-				a.Live = err == nil && got == id
-				f.Close()
-			}
-		}
+		a.Live = d.cgroupLive(id)
 		atts = append(atts, a)
 		return nil
 	})
@@ -271,4 +265,19 @@ func cString(b []int8) string {
 		sb.WriteByte(byte(c))
 	}
 	return sb.String()
+}
+
+// cgroupLive says whether the cgroup recorded for this id still exists.
+func (d *Datapath) cgroupLive(id uint64) bool {
+	pod, ok := d.lookupPod(id)
+	if !ok {
+		return false
+	}
+	f, err := os.Open(cString(pod.Path[:]))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	got, err := cgroupID(f)
+	return err == nil && got == id
 }

@@ -184,10 +184,16 @@ func (d *Datapath) relink() error {
 	}
 
 	return d.eachCgroupLink(func(id uint64, l link.Link) error {
-		if err := l.Update(d.objs.SockhopSockops); err != nil {
-			return fmt.Errorf("update sockops link of cgroup %d: %w", id, err)
+		err := l.Update(d.objs.SockhopSockops)
+		if err == nil {
+			return nil
 		}
-		return nil
+		// The kernel severs the link of a removed cgroup (a pod deleted
+		// while no agent ran): nothing to update, only a pin to drop.
+		if !d.cgroupLive(id) {
+			return d.DetachID(id)
+		}
+		return fmt.Errorf("update sockops link of cgroup %d: %w", id, err)
 	})
 }
 

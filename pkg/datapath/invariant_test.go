@@ -366,3 +366,27 @@ func waitEstablished(t *testing.T, p *pod, port, n int) {
 	}
 	t.Fatalf("%d connections to port %d not established within 10s", n, port)
 }
+
+// A pod deleted while no agent runs leaves a severed link: the next Load
+// drops it instead of failing, and keeps the live attachments.
+func TestLoadDropsLinksOfRemovedCgroups(t *testing.T) {
+	e := newEnv(t, datapath.Options{})
+	keep := e.pod("keep", true)
+	gone := e.pod("gone", true)
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.dp = nil
+	if err := os.Remove(gone.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := datapath.Load(e.opts)
+	if err != nil {
+		t.Fatalf("load after a cgroup was removed: %v", err)
+	}
+	e.dp = dp
+	atts, err := dp.Attachments()
+	if err != nil || len(atts) != 1 || atts[0].CgroupPath != keep.cgroup || !atts[0].Live {
+		t.Fatalf("want only the live attachment left: %+v %v", atts, err)
+	}
+}
