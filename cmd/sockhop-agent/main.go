@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -19,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -199,15 +201,55 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 		return err
 	}
 
+	var dsWatch *daemonSetWatch
+	if c.uninstallOnDelete && c.daemonSetName != "" && c.daemonSetNamespace != "" {
+		dsWatch = watchDaemonSet(ctx, restCfg, scheme, c, logger)
+	}
 	runErr := mgr.Start(ctx)
 	closeDatapath(dp, logger)
 	if runErr != nil {
 		return fmt.Errorf("run manager: %w", runErr)
 	}
 	if c.uninstallOnDelete {
-		uninstallIfDeleted(restCfg, scheme, c, logger)
+		uninstallIfDeleted(restCfg, scheme, c, dsWatch, logger)
 	}
 	return nil
+}
+
+// daemonSetWatch remembers whether the agent's own DaemonSet was seen being
+// deleted while the agent ran. `helm uninstall` deletes the DaemonSet and,
+// right after, the agent's ServiceAccount and RBAC: by the time the agent
+// gets SIGTERM it may no longer be allowed to ask.
+type daemonSetWatch struct{ deleted atomic.Bool }
+
+func watchDaemonSet(ctx context.Context, restCfg *rest.Config, scheme *runtime.Scheme, c *config, logger logr.Logger) *daemonSetWatch {
+	w := &daemonSetWatch{}
+	cl, err := client.NewWithWatch(restCfg, client.Options{Scheme: scheme})
+	if err != nil {
+		logger.Error(err, "cannot watch the agent's DaemonSet; uninstall will rely on a last look at shutdown")
+		return w
+	}
+	go func() {
+		for ctx.Err() == nil {
+			wi, err := cl.Watch(ctx, &appsv1.DaemonSetList{}, client.InNamespace(c.daemonSetNamespace),
+				client.MatchingFields{"metadata.name": c.daemonSetName})
+			if err != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(5 * time.Second):
+				}
+				continue
+			}
+			for ev := range wi.ResultChan() {
+				ds, ok := ev.Object.(*appsv1.DaemonSet)
+				if ok && (ev.Type == watch.Deleted || ds.DeletionTimestamp != nil) {
+					w.deleted.Store(true)
+				}
+			}
+			wi.Stop()
+		}
+	}()
+	return w
 }
 
 // readiness is the agent's /readyz check: ready once the datapath is loaded
@@ -239,9 +281,14 @@ func closeDatapath(dp *datapath.Datapath, logger logr.Logger) {
 // restart, crash, upgrade or drain leaves the DaemonSet in place: then the
 // pins, and with them every accelerated connection, stay for the next agent.
 // When the DaemonSet cannot be read, nothing is removed.
-func uninstallIfDeleted(restCfg *rest.Config, scheme *runtime.Scheme, c *config, logger logr.Logger) {
+func uninstallIfDeleted(restCfg *rest.Config, scheme *runtime.Scheme, c *config, w *daemonSetWatch, logger logr.Logger) {
 	if c.daemonSetName == "" || c.daemonSetNamespace == "" {
 		logger.Info("DAEMONSET_NAME or POD_NAMESPACE unset: keeping the datapath installed")
+		return
+	}
+	if w != nil && w.deleted.Load() {
+		logger.Info("DaemonSet was deleted while the agent ran: uninstalling the datapath", "daemonset", c.daemonSetName)
+		uninstall(c, logger)
 		return
 	}
 	cl, err := client.New(restCfg, client.Options{Scheme: scheme})
@@ -257,6 +304,10 @@ func uninstallIfDeleted(restCfg *rest.Config, scheme *runtime.Scheme, c *config,
 	switch {
 	case apierrors.IsNotFound(err):
 		logger.Info("DaemonSet is gone: uninstalling the datapath", "daemonset", key)
+	case apierrors.IsUnauthorized(err):
+		// The API server rejects the token of a deleted ServiceAccount:
+		// the chart that owns both is being removed.
+		logger.Info("the agent's ServiceAccount is gone: uninstalling the datapath", "daemonset", key)
 	case err != nil:
 		logger.Error(err, "cannot check the DaemonSet; keeping the datapath installed", "daemonset", key)
 		return
@@ -266,6 +317,10 @@ func uninstallIfDeleted(restCfg *rest.Config, scheme *runtime.Scheme, c *config,
 		logger.Info("DaemonSet still exists (restart, upgrade or drain): keeping the datapath installed", "daemonset", key)
 		return
 	}
+	uninstall(c, logger)
+}
+
+func uninstall(c *config, logger logr.Logger) {
 	if err := datapath.Uninstall(c.bpffsDir); err != nil {
 		logger.Error(err, "uninstall datapath", "pinDir", c.bpffsDir)
 		return
