@@ -26,6 +26,7 @@ func TestFlagDefaults(t *testing.T) {
 		"namespace-label-value":     "enabled",
 		"bpffs-dir":                 "/sys/fs/bpf/sockhop",
 		"proxy-uids":                "1337,2102,5678",
+		"app-receivers":             "auto",
 		"metrics-bind-address":      ":9962",
 		"health-probe-bind-address": ":9963",
 		"uninstall-on-delete":       "true",
@@ -69,6 +70,14 @@ func TestFlagsParse(t *testing.T) {
 	}
 	if c.nodeName != "n1" || c.cgroup.Driver != "systemd" || c.cgroup.CgroupRoot != "/custom" || c.uninstallOnDelete {
 		t.Errorf("parsed %+v", c)
+	}
+	fs = flag.NewFlagSet("test", flag.ContinueOnError)
+	c = bindFlags(fs)
+	if err := fs.Parse([]string{"--node-name=n1", "--app-receivers=maybe"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.validate(); err == nil {
+		t.Error("--app-receivers=maybe accepted")
 	}
 }
 

@@ -54,6 +54,7 @@ type config struct {
 	cgroup             cgroup.Options
 	cgroupDriver       string
 	proxyUIDs          string
+	appReceivers       string // auto, true, false
 	metricsAddr        string
 	probeAddr          string
 	uninstallOnDelete  bool
@@ -72,6 +73,8 @@ func bindFlags(fs *flag.FlagSet) *config {
 	fs.StringVar(&c.cgroup.Mount, "cgroup-mount", "", "cgroup v2 mount point (default: detected)")
 	fs.StringVar(&c.cgroupDriver, "cgroup-driver", "", "kubelet's cgroup driver, cgroupfs or systemd (default: detected)")
 	fs.StringVar(&c.cgroup.CgroupRoot, "cgroup-root", "", "kubelet's --cgroup-root (default: /)")
+	fs.StringVar(&c.appReceivers, "app-receivers", "auto",
+		"redirect into application sockets too: auto (only where the hazard self-test passes), true or false")
 	fs.StringVar(&c.proxyUIDs, "proxy-uids", "1337,2102,5678", "comma-separated uids of sidecar proxies, whose sockets are always safe to redirect into")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
 	fs.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz")
@@ -90,6 +93,11 @@ func (c *config) validate() error {
 	}
 	if c.selector.Key == "" {
 		return errors.New("--namespace-label-key is empty")
+	}
+	switch c.appReceivers {
+	case "auto", "true", "false":
+	default:
+		return fmt.Errorf("--app-receivers: want auto, true or false, got %q", c.appReceivers)
 	}
 	c.cgroup.Driver = cgroup.Driver(c.cgroupDriver)
 	return nil
@@ -127,6 +135,7 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--proxy-uids: %w", err)
 	}
+
 	cacheOpts, err := controllers.CacheOptions(c.nodeName, c.selector)
 	if err != nil {
 		return err
@@ -147,7 +156,8 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 	// A kernel without a feature sockhop needs is not a crash loop: the agent
 	// stays up, unready, says why once, and every pod keeps plain TCP.
 	var degraded error
-	dp, err := datapath.Load(datapath.Options{PinDir: c.bpffsDir, ProxyUIDs: proxyUIDs})
+	dp, err := datapath.Load(datapath.Options{PinDir: c.bpffsDir, ProxyUIDs: proxyUIDs,
+		AppReceivers: appReceivers(ctx, c.appReceivers, logger)})
 	var fe *datapath.FeatureError
 	switch {
 	case errors.As(err, &fe):
@@ -214,6 +224,26 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 		uninstallIfDeleted(restCfg, scheme, c, dsWatch, logger)
 	}
 	return nil
+}
+
+// appReceivers decides whether application sockets may receive redirected
+// data: "auto" runs the hazard self-test and allows it only on a kernel
+// where neither splice nor MSG_WAITALL misses redirected data.
+func appReceivers(ctx context.Context, mode string, logger logr.Logger) bool {
+	if mode != "auto" {
+		return mode == "true"
+	}
+	rep, err := datapath.SelfTest(ctx)
+	if err != nil {
+		logger.Error(err, "hazard self-test failed; redirecting into proxy-owned sockets only")
+		return false
+	}
+	safe := rep.AppReceiversSafe()
+	for _, r := range rep.Results {
+		logger.Info("redirect hazard self-test", "hazard", r.Hazard, "status", r.Status, "detail", r.Detail)
+	}
+	logger.Info("receiver policy chosen", "appReceivers", safe)
+	return safe
 }
 
 // daemonSetWatch remembers whether the agent's own DaemonSet was seen being
