@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all deps generate check-generate build test test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test demo clean
+.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test demo clean
 
 all: build
 
@@ -32,8 +32,12 @@ lint:
 envtest-assets:
 	e2e/cluster/build.sh envtest >/dev/null
 
-## test: the whole suite — unit, kernel (root), controller tests against a real API server
-test: deps envtest-assets
+## test: the whole suite — unit, kernel (root), controllers against a real API server,
+## then end to end on a single-node cluster started (and removed) for it
+test: test-go e2e
+
+## test-go: every Go test but the cluster ones (packages one at a time: they share the kernel)
+test-go: deps envtest-assets
 	KUBEBUILDER_ASSETS="$$(e2e/cluster/build.sh envtest)" $(GO) test -p 1 -count=1 -timeout 60m ./...
 
 ## test-unit: only what needs neither root nor a cluster

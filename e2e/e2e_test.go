@@ -47,7 +47,7 @@ func TestE2E(t *testing.T) {
 	server := c.meshPod(t, ns, "server", nil)
 	client := c.meshPod(t, ns, "client", nil)
 
-	t.Run("labelled namespace: Accelerated events, redirected bytes on every hop, intact", func(t *testing.T) {
+	t.Run("labelled namespace: Accelerated events, hops into proxies redirected, intact", func(t *testing.T) {
 		for _, p := range []string{"server", "client"} {
 			pod := server
 			if p == "client" {
