@@ -3,9 +3,9 @@ package datapath_test
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
-	"os"
 	"sync"
 	"testing"
 	"time"
