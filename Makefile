@@ -68,9 +68,9 @@ e2e-cluster:
 	e2e/cluster/build.sh
 	e2e/cluster/up.sh
 
-## e2e-down: stop the local cluster and remove everything it made
+## e2e-down: uninstall sockhop from the local cluster, stop it and remove everything it made
 e2e-down:
-	e2e/cluster/down.sh
+	e2e/down.sh
 
 clean:
 	rm -rf $(BIN)

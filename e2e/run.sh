@@ -18,7 +18,7 @@ teardown() {
 		step "cluster kept (SOCKHOP_E2E_KEEP=1); remove it with e2e/cluster/down.sh"
 	else
 		step "tear down"
-		SOCKHOP_E2E_LOGS_DIR=${SOCKHOP_E2E_LOGS_DIR:-/tmp/sockhop-e2e-logs} "${E2E_DIR}/cluster/down.sh" || rc=1
+		SOCKHOP_E2E_LOGS_DIR=${SOCKHOP_E2E_LOGS_DIR:-/tmp/sockhop-e2e-logs} "${E2E_DIR}/down.sh" || rc=1
 	fi
 	step "e2e finished (exit ${rc})"
 	exit "${rc}"
