@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -168,47 +167,11 @@ func (r *PodReconciler) Converge(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// podUIDFromCgroup reads the pod UID from the last element of a pod cgroup
-// directory as kubelet names it: pod<UID> (cgroupfs) or
-// kubepods-<qos>-pod<UID with _ for ->.slice (systemd).
+// podUIDFromCgroup reads the pod UID from a pod cgroup directory as kubelet
+// names it (either driver, any cgroup root).
 func podUIDFromCgroup(dir string) (string, bool) {
-	base := strings.TrimSuffix(filepath.Base(dir), ".slice")
-	i := strings.LastIndex(base, "pod")
-	if i < 0 || (i > 0 && base[i-1] != '-') {
-		return "", false
-	}
-	uid := strings.ReplaceAll(base[i+len("pod"):], "_", "-")
-	if !validUID(uid) {
-		return "", false
-	}
-	return uid, true
-}
-
-// validUID accepts what kubelet puts in cgroup names: a UUID, or 32 hex
-// digits (static pods).
-func validUID(s string) bool {
-	hex := func(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
-	switch len(s) {
-	case 36:
-		for i := 0; i < len(s); i++ {
-			if i == 8 || i == 13 || i == 18 || i == 23 {
-				if s[i] != '-' {
-					return false
-				}
-			} else if !hex(s[i]) {
-				return false
-			}
-		}
-		return true
-	case 32:
-		for i := 0; i < len(s); i++ {
-			if !hex(s[i]) {
-				return false
-			}
-		}
-		return true
-	}
-	return false
+	uid, _, ok := cgroup.PodOf(dir)
+	return uid, ok
 }
 
 // cgroupWatcher turns the creation of a pod cgroup under the QoS

@@ -4,11 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
-	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sockhop/sockhop/pkg/cgroup"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
@@ -124,7 +123,8 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 		if v.ExcludePorts == nil {
 			v.ExcludePorts = []uint16{}
 		}
-		v.PodUID, v.QOSClass = podFromCgroup(a.CgroupPath)
+		uid, qos, _ := cgroup.PodOf(a.CgroupPath)
+		v.PodUID, v.QOSClass = uid, string(qos)
 		rep.Attachments = append(rep.Attachments, v)
 	}
 	c, err := src.Counters()
@@ -201,85 +201,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// podFromCgroup finds the pod UID and QoS class in a kubelet pod cgroup
-// path, as the cgroupfs driver names it (…/kubepods/burstable/pod<UID>/…)
-// or the systemd driver (…/kubepods-burstable-pod<UID with _>.slice/…).
-// The innermost pod component wins; "" when the path is not a pod's.
-func podFromCgroup(path string) (uid, qos string) {
-	parts := strings.Split(filepath.Clean(path), "/")
-	for i := len(parts) - 1; i >= 0; i-- {
-		p := parts[i]
-		if rest, ok := strings.CutPrefix(p, "pod"); ok && validPodUID(rest) {
-			return rest, qosFromCgroupfs(parts[:i])
-		}
-		if name, ok := strings.CutSuffix(p, ".slice"); ok && strings.Contains(name, "kubepods") {
-			j := strings.LastIndex(name, "-pod")
-			if j < 0 {
-				continue
-			}
-			cand := strings.ReplaceAll(name[j+len("-pod"):], "_", "-")
-			if validPodUID(cand) {
-				return cand, qosFromSlice(name[:j])
-			}
-		}
-	}
-	return "", ""
-}
-
-func qosFromCgroupfs(parents []string) string {
-	if len(parents) == 0 {
-		return ""
-	}
-	switch parents[len(parents)-1] {
-	case "burstable":
-		return "Burstable"
-	case "besteffort":
-		return "BestEffort"
-	case "kubepods":
-		return "Guaranteed"
-	}
-	return ""
-}
-
-// qosFromSlice reads the QoS class from a slice name's prefix, such as
-// "kubepods-burstable" or "custom-kubepods".
-func qosFromSlice(prefix string) string {
-	switch {
-	case strings.HasSuffix(prefix, "kubepods-burstable"):
-		return "Burstable"
-	case strings.HasSuffix(prefix, "kubepods-besteffort"):
-		return "BestEffort"
-	case strings.HasSuffix(prefix, "kubepods"):
-		return "Guaranteed"
-	}
-	return ""
-}
-
-// validPodUID accepts what kubelet puts in cgroup names: an RFC 4122 UUID
-// (8-4-4-4-12 hex digits) or 32 hex digits (static pods' config hash).
-func validPodUID(s string) bool {
-	isHex := func(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
-	switch len(s) {
-	case 36:
-		for i := 0; i < len(s); i++ {
-			if i == 8 || i == 13 || i == 18 || i == 23 {
-				if s[i] != '-' {
-					return false
-				}
-			} else if !isHex(s[i]) {
-				return false
-			}
-		}
-		return true
-	case 32:
-		for i := 0; i < len(s); i++ {
-			if !isHex(s[i]) {
-				return false
-			}
-		}
-		return true
-	}
-	return false
 }

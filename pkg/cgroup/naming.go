@@ -3,6 +3,7 @@ package cgroup
 import (
 	"fmt"
 	"path"
+	"path/filepath"
 	"strings"
 )
 
@@ -129,4 +130,60 @@ func validUID(s string) bool {
 
 func isHex(c byte) bool {
 	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
+}
+
+// PodOf finds the pod UID and QoS class in a kubelet pod cgroup path, as the
+// cgroupfs driver names it (…/kubepods/burstable/pod<UID>/…) or the systemd
+// driver (…/kubepods-burstable-pod<UID with _>.slice/…), under any cgroup
+// root. The innermost pod component wins; ok is false for a path that is not
+// a pod's (or a container's inside one).
+func PodOf(path string) (uid string, qos QOSClass, ok bool) {
+	parts := strings.Split(filepath.Clean(path), "/")
+	for i := len(parts) - 1; i >= 0; i-- {
+		p := parts[i]
+		if rest, found := strings.CutPrefix(p, "pod"); found && validUID(rest) {
+			return rest, qosFromCgroupfs(parts[:i]), true
+		}
+		if name, found := strings.CutSuffix(p, ".slice"); found && strings.Contains(name, "kubepods") {
+			j := strings.LastIndex(name, "-pod")
+			if j < 0 {
+				continue
+			}
+			cand := strings.ReplaceAll(name[j+len("-pod"):], "_", "-")
+			if validUID(cand) {
+				return cand, qosFromSlice(name[:j]), true
+			}
+		}
+	}
+	return "", "", false
+}
+
+// qosFromCgroupfs reads the QoS class from the directory above a pod's.
+func qosFromCgroupfs(parents []string) QOSClass {
+	if len(parents) == 0 {
+		return ""
+	}
+	switch parents[len(parents)-1] {
+	case "burstable":
+		return Burstable
+	case "besteffort":
+		return BestEffort
+	case "kubepods":
+		return Guaranteed
+	}
+	return ""
+}
+
+// qosFromSlice reads the QoS class from a slice name's prefix, such as
+// "kubepods-burstable" or "custom-kubepods".
+func qosFromSlice(prefix string) QOSClass {
+	switch {
+	case strings.HasSuffix(prefix, "kubepods-burstable"):
+		return Burstable
+	case strings.HasSuffix(prefix, "kubepods-besteffort"):
+		return BestEffort
+	case strings.HasSuffix(prefix, "kubepods"):
+		return Guaranteed
+	}
+	return ""
 }
