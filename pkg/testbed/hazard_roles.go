@@ -478,34 +478,7 @@ func waitAllReader(spec PeerSpec, _ *net.TCPConn, fd int, v *verifier, rep *Sink
 // deadlineStream runs a stream exchange on each of Conns connections (at
 // most Parallel at once), every one bounded by HazardDeadline.
 func deadlineStream(spec PeerSpec) (Result, error) {
-	conns := max(spec.Conns, 1)
-	maxWrite := max(spec.MaxWrite, 1)
-	var (
-		mu  sync.Mutex
-		res Result
-		wg  sync.WaitGroup
-	)
-	sem := make(chan struct{}, max(spec.Parallel, 1))
-	for i := 0; i < conns; i++ {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			seed := splitmix64(uint64(time.Now().UnixNano()) ^ uint64(i)<<32)
-			sent, verified, err := deadlineStreamOne(spec, i, seed, maxWrite)
-			mu.Lock()
-			defer mu.Unlock()
-			res.Conns++
-			res.BytesSent += sent
-			res.BytesVerified += verified
-			if err != nil {
-				res.Errors = append(res.Errors, fmt.Sprintf("conn %d: received %d of %d bytes: %v", i, verified, spec.Bytes, err))
-			}
-		}()
-	}
-	wg.Wait()
-	return res, nil
+	return streamConns(spec, deadlineStreamOne), nil
 }
 
 func deadlineStreamOne(spec PeerSpec, i int, seed uint64, maxWrite int) (int64, int64, error) {

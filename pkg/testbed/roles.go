@@ -360,15 +360,20 @@ func runClient(spec PeerSpec) (Result, error) {
 }
 
 func streamClient(spec PeerSpec) Result {
+	return streamConns(spec, streamOne)
+}
+
+// streamConns runs spec.Conns checked streams, spec.Parallel at a time, each
+// with one(), and sums what they report.
+func streamConns(spec PeerSpec, one func(spec PeerSpec, i int, seed uint64, maxWrite int) (sent, verified int64, err error)) Result {
 	conns := max(spec.Conns, 1)
-	par := max(spec.Parallel, 1)
 	maxWrite := max(spec.MaxWrite, 1)
 	var (
 		mu  sync.Mutex
 		res Result
 		wg  sync.WaitGroup
 	)
-	sem := make(chan struct{}, par)
+	sem := make(chan struct{}, max(spec.Parallel, 1))
 	for i := 0; i < conns; i++ {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -376,14 +381,14 @@ func streamClient(spec PeerSpec) Result {
 			defer wg.Done()
 			defer func() { <-sem }()
 			seed := splitmix64(uint64(time.Now().UnixNano()) ^ uint64(i)<<32)
-			sent, verified, err := streamOne(spec, i, seed, maxWrite)
+			sent, verified, err := one(spec, i, seed, maxWrite)
 			mu.Lock()
 			defer mu.Unlock()
 			res.Conns++
 			res.BytesSent += sent
 			res.BytesVerified += verified
 			if err != nil {
-				res.Errors = append(res.Errors, fmt.Sprintf("conn %d: %v", i, err))
+				res.Errors = append(res.Errors, fmt.Sprintf("conn %d: received %d of %d bytes: %v", i, verified, spec.Bytes, err))
 			}
 		}()
 	}
