@@ -1,16 +1,13 @@
 package main
 
 import (
-	"encoding/binary"
 	"flag"
 	"fmt"
-	"io"
 	"net"
-	"net/netip"
-	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sockhop/sockhop/pkg/testbed"
 )
 
 // runProxy listens where Istio's rules redirect to and forwards every connection
@@ -44,15 +41,10 @@ func runProxy(args []string) error {
 	return <-errc
 }
 
-// onlyReader and onlyWriter hide ReadFrom/WriteTo so io.CopyBuffer does a plain
-// read/write loop, not splice(2): sidecar proxies copy through user space.
-type onlyReader struct{ io.Reader }
-type onlyWriter struct{ io.Writer }
-
 func forward(down *net.TCPConn, source string) {
-	defer down.Close()
-	dst, err := originalDst(down)
+	dst, err := testbed.OriginalDst(down)
 	if err != nil {
+		down.Close()
 		return
 	}
 	d := net.Dialer{}
@@ -62,53 +54,8 @@ func forward(down *net.TCPConn, source string) {
 	uc, err := d.Dial("tcp4", dst.String())
 	if err != nil {
 		down.SetLinger(0)
+		down.Close()
 		return
 	}
-	up := uc.(*net.TCPConn)
-	defer up.Close()
-	var wg sync.WaitGroup
-	pipe := func(dst, src *net.TCPConn) {
-		defer wg.Done()
-		_, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, make([]byte, 64<<10))
-		if err != nil {
-			// Pass a reset on instead of turning it into a clean end of stream.
-			dst.SetLinger(0)
-			dst.Close()
-			src.Close()
-			return
-		}
-		dst.CloseWrite()
-	}
-	wg.Add(2)
-	go pipe(up, down)
-	go pipe(down, up)
-	wg.Wait()
-}
-
-// originalDst is where the client meant to connect before iptables REDIRECT.
-func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	var (
-		sa   unix.RawSockaddrInet4
-		serr error
-	)
-	err = rc.Control(func(fd uintptr) {
-		l := uint32(unsafe.Sizeof(sa))
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, unix.SO_ORIGINAL_DST,
-			uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)), 0)
-		if e != 0 {
-			serr = e
-		}
-	})
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if serr != nil {
-		return netip.AddrPort{}, fmt.Errorf("SO_ORIGINAL_DST: %w", serr)
-	}
-	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
-	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), nil
+	testbed.Relay(down, uc.(*net.TCPConn))
 }

@@ -123,19 +123,29 @@ func SelfTest(ctx context.Context) (SelfTestReport, error) {
 	done := make(chan outcome, 1)
 	tid := make(chan int, 1)
 	go func() {
-		// The namespace belongs to this OS thread. The goroutine never
-		// unlocks it, so the runtime ends the thread when the goroutine
-		// returns and the namespace dies with its last socket.
+		// The namespace belongs to this OS thread. Afterwards the thread
+		// goes back to its own namespace and is unlocked; if it cannot, it
+		// stays locked and the runtime ends it when the goroutine returns
+		// (or, on the main thread, parks it for good).
 		runtime.LockOSThread()
 		tid <- unix.Gettid()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			done <- outcome{nil, fmt.Errorf("open this thread's network namespace: %w", err)}
+			return
+		}
+		defer orig.Close()
 		results, err := selfTestInNetns(ctx)
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
 		done <- outcome{results, err}
 	}()
 	thread := <-tid
 	// Wait even when ctx ends: every step inside is bounded, and nothing
-	// may outlive this call, not even the thread that holds the namespace.
+	// may outlive this call, not even a thread that holds the namespace.
 	out := <-done
-	waitThreadExit(thread)
+	waitThreadLeft(thread)
 	rep.Results = out.results
 	rep.Elapsed = time.Since(start)
 	if out.err != nil {
@@ -144,12 +154,15 @@ func SelfTest(ctx context.Context) (SelfTestReport, error) {
 	return rep, nil
 }
 
-// waitThreadExit waits, briefly, until the runtime has ended the thread
-// (and with it the namespace's last reference).
-func waitThreadExit(tid int) {
-	path := fmt.Sprintf("/proc/self/task/%d", tid)
+// waitThreadLeft waits, briefly, until the thread has left the throwaway
+// namespace (back in the process's namespace, or ended by the runtime), so
+// that the namespace's last reference is gone when SelfTest returns.
+func waitThreadLeft(tid int) {
+	own, _ := os.Readlink("/proc/self/ns/net")
+	path := fmt.Sprintf("/proc/self/task/%d/ns/net", tid)
 	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		ns, err := os.Readlink(path)
+		if errors.Is(err, os.ErrNotExist) || err == nil && ns == own {
 			return
 		}
 		time.Sleep(time.Millisecond)

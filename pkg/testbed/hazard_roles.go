@@ -219,7 +219,7 @@ func relay(spec PeerSpec, down *net.TCPConn) {
 func stallProxy(spec PeerSpec, down *net.TCPConn) {
 	target := spec.Target
 	if target == "" {
-		dst, err := originalDst(down)
+		dst, err := OriginalDst(down)
 		if err != nil {
 			return
 		}

@@ -133,7 +133,7 @@ type onlyWriter struct{ io.Writer }
 func proxy(spec PeerSpec, down *net.TCPConn) {
 	target := spec.Target
 	if target == "" {
-		dst, err := originalDst(down)
+		dst, err := OriginalDst(down)
 		if err != nil {
 			return
 		}
@@ -145,14 +145,27 @@ func proxy(spec PeerSpec, down *net.TCPConn) {
 	}
 	uc, err := d.Dial("tcp", target)
 	if err != nil {
+		down.SetLinger(0)
 		return
 	}
-	up := uc.(*net.TCPConn)
+	Relay(down, uc.(*net.TCPConn))
+}
+
+// Relay copies both ways between two connections as a sidecar proxy does:
+// through user space (read/write, never splice), passing a half-close on as
+// a half-close and a reset as a reset. It closes both when done.
+func Relay(down, up *net.TCPConn) {
+	defer down.Close()
 	defer up.Close()
 	var wg sync.WaitGroup
 	pipe := func(dst, src *net.TCPConn) {
 		defer wg.Done()
-		io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, make([]byte, 64<<10))
+		if _, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, make([]byte, 64<<10)); err != nil {
+			dst.SetLinger(0)
+			dst.Close()
+			src.Close()
+			return
+		}
 		dst.CloseWrite()
 	}
 	wg.Add(2)
@@ -161,9 +174,9 @@ func proxy(spec PeerSpec, down *net.TCPConn) {
 	wg.Wait()
 }
 
-// originalDst is where the client meant to connect before iptables
+// OriginalDst is where the client meant to connect before iptables
 // REDIRECT (SO_ORIGINAL_DST, or IP6T_SO_ORIGINAL_DST for IPv6).
-func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
+func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, err
