@@ -328,9 +328,22 @@ func TestHazardTCPInfo(t *testing.T) {
 	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	before := e.counters()
-	accel := send("sockhop")
-	d := diff(before, e.counters())
+	// A client's first send may rarely race the pairing of the server end
+	// and take TCP for good (no_peer): then this connection shows nothing
+	// about redirected bytes, so send again, at most twice more.
+	var (
+		accel testbed.HazardReport
+		d     delta
+	)
+	for try := 0; try < 3; try++ {
+		before := e.counters()
+		accel = send("sockhop")
+		d = diff(before, e.counters())
+		if d.pass[datapath.ReasonNoPeer] == 0 {
+			break
+		}
+		t.Logf("try %d raced the pairing (%v); sending again", try+1, d)
+	}
 	t.Logf("TCP_INFO after %s app → proxy: plain TCP sender bytes_sent=%d bytes_acked=%d, receiver bytes_received=%d; "+
 		"accelerated sender bytes_sent=%d bytes_acked=%d, receiver bytes_received=%d; sockhop redirected_bytes +%d",
 		mib(size), plain.TCPInfo.BytesSent, plain.TCPInfo.BytesAcked, plain.Sink.TCPInfo.BytesReceived,

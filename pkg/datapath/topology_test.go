@@ -19,21 +19,25 @@ func streamSpec(target string, total int64) testbed.PeerSpec {
 
 const headerBytes = 24 // the stream header each client sends first
 
-// wantPaired checks that both ends of every connection were paired and no
-// direction was left on TCP for want of a peer or a safe receiver; a
-// direction may still have gone to TCP after its receiver fell behind
-// (back-pressure). That every byte arrived, in order, the streams check.
-// (TCPBytes counts per verdict and can miss bytes the kernel pushes under
-// one verdict, so it is not summed here.)
+// wantPaired checks that both ends of every connection were paired and
+// bytes were redirected; every byte arriving in order the streams check.
+// A direction may still go through TCP: after its receiver fell behind
+// (back-pressure), or when the client's first send raced ahead of the
+// server end's pairing (no_peer: correct, and rare — the server pairs while
+// it processes the handshake's last ACK). Only when neither happened must
+// every byte have been redirected. (TCPBytes counts per verdict and can miss
+// bytes the kernel pushes under one verdict, so it is not summed here.)
 func wantPaired(t *testing.T, d delta, conns int, bytesEach int64) {
 	t.Helper()
 	max := uint64(conns) * uint64(2*bytesEach+headerBytes)
-	if d.paired != uint64(2*conns) || d.redirBytes == 0 || d.redirBytes > max ||
-		d.pass[datapath.ReasonNoPeer] != 0 || d.pass[datapath.ReasonUnsafeRx] != 0 {
-		t.Fatalf("want %d sockets paired, up to %d bytes redirected, no direction on TCP for want of a peer; got %v", 2*conns, max, d)
+	if d.paired != uint64(2*conns) || d.redirBytes == 0 || d.redirBytes > max || d.pass[datapath.ReasonUnsafeRx] != 0 {
+		t.Fatalf("want %d sockets paired and up to %d bytes redirected: %v", 2*conns, max, d)
 	}
-	if d.pass[datapath.ReasonBackpressure] == 0 && d.redirBytes != max {
-		t.Fatalf("no direction fell behind, yet %d of %d bytes were redirected", d.redirBytes, max)
+	if d.pass[datapath.ReasonNoPeer] >= uint64(conns) {
+		t.Fatalf("every connection's first send raced its pairing: %v", d)
+	}
+	if d.pass[datapath.ReasonBackpressure] == 0 && d.pass[datapath.ReasonNoPeer] == 0 && d.redirBytes != max {
+		t.Fatalf("no direction fell behind or raced, yet %d of %d bytes were redirected", d.redirBytes, max)
 	}
 	t.Logf("%v", d)
 }
@@ -146,7 +150,7 @@ func TestSidecarToSidecar(t *testing.T) {
 				mustOK(t, e.client(a, istioProxyUID, spec), spec.Conns, spec.Bytes)
 				d := diff(before, e.counters())
 				// Two hops: A's proxy ↔ B's proxy, B's proxy ↔ B's app.
-				if d.paired != uint64(4*spec.Conns) || d.pass[datapath.ReasonNoPeer] != 0 {
+				if d.paired != uint64(4*spec.Conns) || d.pass[datapath.ReasonNoPeer] >= uint64(spec.Conns) {
 					t.Fatalf("want both hops of %d connections paired: %v", spec.Conns, d)
 				}
 				t.Logf("%v", d)
