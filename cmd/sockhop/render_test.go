@@ -27,6 +27,10 @@ type source struct {
 func (s source) Attachments() ([]datapath.Attachment, error) { return s.atts, s.err }
 func (s source) Counters() (datapath.Counters, error)        { return s.c, nil }
 func (s source) Sockets() (int, error)                       { return s.sockets, nil }
+func (s source) Build() (datapath.Build, error) {
+	return datapath.Build{SockopsTag: "0123456789abcdef", MsgTag: "fedcba9876543210",
+		Options: datapath.Options{ProxyUIDs: []uint32{1337}, BacklogLimit: 3 << 20}}, nil
+}
 
 const podPath = "/sys/fs/cgroup/unified/kubepods/besteffort/pod8b4c1d2e-3f40-4a5b-9c6d-7e8f90a1b2c3"
 
@@ -57,6 +61,9 @@ func TestStatusTable(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{
+		"sockops 0123456789abcdef, sk_msg fedcba9876543210",
+		"proxy uids [1337] only",
+		"3.0 MiB unread per receiver",
 		"ATTACHED CGROUPS: 2",
 		"8b4c1d2e-3f40-4a5b-9c6d-7e8f90a1b2c3",
 		"BestEffort",

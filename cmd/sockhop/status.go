@@ -77,10 +77,12 @@ type statusSource interface {
 	Attachments() ([]datapath.Attachment, error)
 	Counters() (datapath.Counters, error)
 	Sockets() (int, error)
+	Build() (datapath.Build, error)
 }
 
 type statusReport struct {
 	PinDir      string           `json:"bpffs_dir"`
+	Datapath    datapathView     `json:"datapath"`
 	Attachments []attachmentView `json:"attachments"`
 	// SocketsInMap is how many sockets are in the sockhash now.
 	SocketsInMap int          `json:"sockets_in_sockhash"`
@@ -102,6 +104,19 @@ type attachmentView struct {
 	QOSClass     string   `json:"qos_class,omitempty"`
 }
 
+// datapathView is the installed datapath: which build, and the guards its
+// options set.
+type datapathView struct {
+	SockopsTag string   `json:"sockops_tag"`
+	MsgTag     string   `json:"sk_msg_tag"`
+	ProxyUIDs  []uint32 `json:"proxy_uids"`
+	// AppReceivers: application sockets receive redirected data too.
+	AppReceivers bool `json:"app_receivers"`
+	// BacklogLimit: unread redirected bytes per receiver before its sender
+	// goes back to TCP; -1 when unbounded.
+	BacklogLimit int `json:"backlog_limit"`
+}
+
 type countersView struct {
 	PairedSockets      uint64            `json:"paired_sockets"`
 	RedirectedMessages uint64            `json:"redirected_messages"`
@@ -114,6 +129,12 @@ type countersView struct {
 
 func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 	rep := statusReport{PinDir: pinDir, Attachments: []attachmentView{}}
+	b, err := src.Build()
+	if err != nil {
+		return rep, err
+	}
+	rep.Datapath = datapathView{SockopsTag: b.SockopsTag, MsgTag: b.MsgTag, ProxyUIDs: b.Options.ProxyUIDs,
+		AppReceivers: b.Options.AppReceivers, BacklogLimit: b.Options.BacklogLimit}
 	atts, err := src.Attachments()
 	if err != nil {
 		return rep, fmt.Errorf("list attachments: %w", err)
@@ -142,7 +163,25 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 }
 
 func renderStatus(w io.Writer, rep statusReport) error {
+	dp := rep.Datapath
+	fmt.Fprintf(w, "DATAPATH (pins in %s)\n", rep.PinDir)
 	tw := newTable(w)
+	fmt.Fprintf(tw, "  programs\tsockops %s, sk_msg %s\n", dash(dp.SockopsTag), dash(dp.MsgTag))
+	if dp.AppReceivers {
+		fmt.Fprintf(tw, "  receivers\tany socket (splice/MSG_WAITALL guard off)\n")
+	} else {
+		fmt.Fprintf(tw, "  receivers\tsockets of proxy uids %v only (splice/MSG_WAITALL guarded)\n", dp.ProxyUIDs)
+	}
+	if dp.BacklogLimit > 0 {
+		fmt.Fprintf(tw, "  back-pressure bound\t%s unread per receiver (guarded)\n", bytesText(uint64(dp.BacklogLimit)))
+	} else {
+		fmt.Fprintf(tw, "  back-pressure bound\tnone (unguarded)\n")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = newTable(w)
 	fmt.Fprintf(tw, "ATTACHED CGROUPS: %d (pins in %s)\n", len(rep.Attachments), rep.PinDir)
 	if len(rep.Attachments) > 0 {
 		fmt.Fprintln(tw, "CGROUP\tCGROUP ID\tLIVE\tPOD UID\tQOS\tEXCLUDED PORTS")

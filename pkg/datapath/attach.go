@@ -36,6 +36,9 @@ type Attachment struct {
 
 const cgroupLinkPrefix = "cgroup-"
 
+// rootCgroupID is the id of a cgroup v2 hierarchy's root directory.
+const rootCgroupID = 1
+
 // Attach attaches the sockops program to a cgroup v2 directory through a
 // pinned bpf_link. Attaching an attached directory only updates its config.
 // Connections that were established before stay on TCP.
@@ -59,6 +62,9 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 	id, err := cgroupID(dir)
 	if err != nil {
 		return fmt.Errorf("attach %s: %w", cgroupDir, err)
+	}
+	if id == rootCgroupID {
+		return fmt.Errorf("attach %s: this is the root cgroup, which holds every process of the host; attach a pod's or a service's cgroup", cgroupDir)
 	}
 
 	// The pod entry goes in first: a socket the new link sees must find it.

@@ -87,3 +87,31 @@ func (d *Datapath) record() error {
 // Options are the options this datapath runs with (for Open: those it was
 // installed with).
 func (d *Datapath) Options() Options { return d.opts }
+
+// Build identifies the datapath in use: the tags of its programs (a hash of
+// their instructions, so two builds of sockhop differ when their BPF does)
+// and the options they run with.
+type Build struct {
+	SockopsTag string
+	MsgTag     string
+	Options    Options
+}
+
+// Build reports the programs and options in use.
+func (d *Datapath) Build() (Build, error) {
+	b := Build{Options: d.opts}
+	for _, p := range []struct {
+		prog *ebpf.Program
+		tag  *string
+	}{{d.objs.SockhopSockops, &b.SockopsTag}, {d.objs.SockhopMsg, &b.MsgTag}} {
+		if p.prog == nil {
+			continue
+		}
+		info, err := p.prog.Info()
+		if err != nil {
+			return b, fmt.Errorf("program info: %w", err)
+		}
+		*p.tag = info.Tag
+	}
+	return b, nil
+}

@@ -247,6 +247,14 @@ func TestAttachIsIdempotentAndValidates(t *testing.T) {
 	if err := e.dp.Attach(t.TempDir(), cfg); err == nil {
 		t.Fatal("attaching a directory that is not a cgroup must fail")
 	}
+	mount, err := testbed.CgroupMount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.Attach(mount, cfg); err == nil {
+		e.dp.Detach(mount)
+		t.Fatal("attaching the root cgroup (every process of the host) must be refused")
+	}
 	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{ExcludePorts: make([]uint16, 17)}); err == nil {
 		t.Fatal("17 excluded ports must be refused")
 	}
