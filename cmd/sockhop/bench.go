@@ -166,7 +166,7 @@ func renderBench(w io.Writer, rep bench.Report) error {
 				redir, pass = bytesText(on.RedirectedBytes), countsText(on.Passthrough)
 			}
 			fmt.Fprintf(tw, "%s\t%s (%s)\t%s\t%s\t%.2f×\t%s\t%s\n", c.ID, m.Name, unitText(m.Unit),
-				figure(m.Off), figure(m.On), m.Ratio, redir, pass)
+				plot.Value(m.Off), plot.Value(m.On), m.Ratio, redir, pass)
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -181,14 +181,4 @@ func unitText(u string) string {
 		return "µs"
 	}
 	return u
-}
-
-func figure(v float64) string {
-	switch {
-	case v >= 100:
-		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1f", v)
-	}
-	return fmt.Sprintf("%.2f", v)
 }

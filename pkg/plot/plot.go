@@ -211,8 +211,9 @@ func drawFigure(dc draw.Canvas, f Figure) error {
 	return nil
 }
 
-// valueText prints a figure with about three significant digits.
-func valueText(v float64) string {
+// Value prints a measured value with about three significant digits, as
+// the plot labels its bars (and the CLI prints its tables).
+func Value(v float64) string {
 	switch {
 	case v >= 100:
 		return fmt.Sprintf("%.0f", v)
@@ -286,7 +287,7 @@ func panel(p Panel, panelWidth vg.Length) (*plot.Plot, error) {
 		texts := make([]string, len(b.vals))
 		for i, v := range b.vals {
 			xys[i] = plotter.XY{X: float64(i), Y: v}
-			texts[i] = valueText(v)
+			texts[i] = Value(v)
 		}
 		vl, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts})
 		if err != nil {
