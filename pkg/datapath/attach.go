@@ -236,6 +236,9 @@ func (d *Datapath) eachCgroupLink(fn func(id uint64, l link.Link) error) error {
 			continue
 		}
 		l, err := link.LoadPinnedLink(filepath.Join(dir, e.Name()), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // detached since the listing (by another goroutine or process)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("open link of cgroup %d: %w", id, err))
 			continue

@@ -400,3 +400,35 @@ func TestLoadDropsLinksOfRemovedCgroups(t *testing.T) {
 		t.Fatalf("want only the live attachment left: %+v %v", atts, err)
 	}
 }
+
+// Listing while another goroutine attaches and detaches never fails: a pin
+// that disappears between the directory listing and its opening is skipped.
+func TestAttachmentsWhileDetaching(t *testing.T) {
+	e := newEnv(t, datapath.Options{})
+	var cgs []string
+	for i := range 8 {
+		cgs = append(cgs, e.pod(fmt.Sprintf("p%d", i), false).cgroup)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 100 {
+			for _, cg := range cgs {
+				e.dp.Attach(cg, datapath.PodConfig{})
+			}
+			for _, cg := range cgs {
+				e.dp.Detach(cg)
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		if _, err := e.dp.Attachments(); err != nil {
+			t.Fatalf("listing while attaching and detaching: %v", err)
+		}
+	}
+}
