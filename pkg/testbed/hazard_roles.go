@@ -217,13 +217,9 @@ func relay(spec PeerSpec, down *net.TCPConn) {
 // until Resume; then it forwards both ways with read/write copies, as
 // proxies do.
 func stallProxy(spec PeerSpec, down *net.TCPConn) {
-	target := spec.Target
-	if target == "" {
-		dst, err := OriginalDst(down)
-		if err != nil {
-			return
-		}
-		target = dst.String()
+	target, err := proxyTarget(spec, down)
+	if err != nil {
+		return
 	}
 	uc, err := net.Dial("tcp", target)
 	if err != nil {

@@ -130,14 +130,23 @@ func handle(spec PeerSpec, c *net.TCPConn) {
 type onlyReader struct{ io.Reader }
 type onlyWriter struct{ io.Writer }
 
+// proxyTarget is where a proxy forwards a connection: spec.Target, or
+// where the client meant to go before REDIRECT.
+func proxyTarget(spec PeerSpec, down *net.TCPConn) (string, error) {
+	if spec.Target != "" {
+		return spec.Target, nil
+	}
+	dst, err := OriginalDst(down)
+	if err != nil {
+		return "", err
+	}
+	return dst.String(), nil
+}
+
 func proxy(spec PeerSpec, down *net.TCPConn) {
-	target := spec.Target
-	if target == "" {
-		dst, err := OriginalDst(down)
-		if err != nil {
-			return
-		}
-		target = dst.String()
+	target, err := proxyTarget(spec, down)
+	if err != nil {
+		return
 	}
 	d := net.Dialer{}
 	if spec.Source != "" {
