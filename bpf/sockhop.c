@@ -26,88 +26,352 @@ int sockhop_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		sh_established(skops, SH_SERVER);
 		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			sh_closed(skops);
+		break;
 	}
 	return 1;
 }
 
-/* Bytes already redirected into the chosen peer and not yet read. */
-static __always_inline __u32 sh_peer_backlog(struct sk_msg_md *msg)
+/* Bytes redirected into a socket and not yet read, from its address. */
+static __always_inline __u32 sh_backlog_of(__u64 sk)
 {
-	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
-	struct sk_psock *psock;
-	unsigned long data;
+	unsigned long data = (unsigned long)BPF_CORE_READ((struct sock *)sk, sk_user_data);
 
-	data = (unsigned long)BPF_CORE_READ(kmsg, sk_redir, sk_user_data);
 	if (!(data & SK_USER_DATA_PSOCK))
 		return 0;
-	psock = (struct sk_psock *)(data & SK_USER_DATA_PTRMASK);
-	return BPF_CORE_READ(psock, msg_tot_len);
+	return BPF_CORE_READ((struct sk_psock *)(data & SK_USER_DATA_PTRMASK), msg_tot_len);
 }
 
-/* A client's first send: did its server end join, and may we redirect into it? */
-static __always_inline void sh_resolve(struct sh_sock *state)
+/* ...and of the peer this message was just redirected into. */
+static __always_inline __u32 sh_redir_backlog(struct sk_msg_md *msg)
 {
-	struct sh_pending *pending = bpf_map_lookup_elem(&sockhop_pending, &state->peer.conn);
-	__u64 flags = pending ? pending->flags : 0;
+	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
 
-	if (!(flags & SH_CONN_PAIRED) || (flags & SH_CONN_AMBIGUOUS)) {
+	return sh_backlog_of((__u64)BPF_CORE_READ(kmsg, sk_redir));
+}
+
+/* A client learns its server's address from the pending entry, once the
+ * server joined; the entry is done with then. */
+static __always_inline __u64 sh_peer_sk(struct sh_sock *state)
+{
+	struct sh_pending *p;
+	__u64 peer;
+
+	if (state->peer_sk)
+		return state->peer_sk;
+	p = bpf_map_lookup_elem(&sockhop_pending, &state->peer.conn);
+	if (!p || (p->flags & SH_CONN_AMBIGUOUS)) {
 		state->tx = SH_TX_NO_PEER;
 		sh_count(SH_STAT_TX_NO_PEER, 1);
-		return;
+		if (p)
+			bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
+		return 0;
 	}
+	peer = p->server_sk;
+	if (!peer) {
+		/* Not joined yet (it may, when softirqs run late), or never
+		 * (the server's cgroup is not attached). */
+		if (++state->waits >= SH_MAX_WAITS) {
+			state->tx = SH_TX_NO_PEER;
+			sh_count(SH_STAT_TX_NO_PEER, 1);
+			bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
+		}
+		return 0;
+	}
+	state->peer_sk = peer;
 	bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
-	if (!(flags & SH_CONN_SERVER_RX_SAFE)) {
-		state->tx = SH_TX_UNSAFE_RX;
-		return; /* counted when the server joined */
-	}
-	state->tx = SH_TX_REDIRECT;
+	return peer;
 }
 
-SEC("sk_msg")
-int sockhop_msg(struct sk_msg_md *msg)
+/*
+ * May this direction leave TCP for redirect now? Only once the receiver
+ * (a) is a socket the policy allows, (b) has been seen reading with
+ * recvmsg/read without MSG_WAITALL and never with splice and the like, and
+ * (c) has read every byte this socket wrote over TCP: its copied_seq equals
+ * our write_seq. We hold our socket lock, so our write_seq is stable; the
+ * receiver's copied_seq only grows, so equality means nothing of ours is
+ * left in its TCP queue and a redirected byte is read after all of them.
+ * The receiver's fields are read through its address: a stale read can only
+ * delay the switch or pick a socket that left the sockhash, where the
+ * redirect fails and this direction stays on TCP.
+ */
+static __always_inline int sh_may_switch(struct sk_msg_md *msg, struct sh_sock *state)
 {
-	struct sh_sock *state;
-	struct bpf_sock *sk = msg->sk;
+	struct sk_msg *kmsg;
+	struct sock *me;
+	struct sh_rx *rx;
+	__u64 peer, flags;
+	__u32 written, read;
 
-	/* Every path returns SK_PASS: a send sockhop cannot redirect goes
-	 * through TCP, never dropped. Sends on one socket are serialised by its
-	 * socket lock, so state->tx has a single writer. */
-	if (!sk)
-		return SK_PASS;
-	state = bpf_sk_storage_get(&sockhop_state, sk, 0, 0);
-	if (!state)
-		return SK_PASS;
-	if (state->tx == SH_TX_PENDING)
-		sh_resolve(state);
-	if (state->tx != SH_TX_REDIRECT)
-		goto tcp;
-
-	/* Returns SK_DROP when the peer left the sockhash (closed): this
-	 * direction goes through TCP from now on. */
-	if (bpf_msg_redirect_hash(msg, &sockhop_socks, &state->peer, BPF_F_INGRESS) != SK_PASS) {
-		state->tx = SH_TX_NO_PEER;
-		sh_count(SH_STAT_TX_NO_PEER, 1);
-		goto tcp;
+	peer = sh_peer_sk(state);
+	if (!peer)
+		return 0;
+	if (!sh_guard)
+		return 1;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &peer);
+	if (!rx)
+		return 0; /* closing */
+	flags = rx->flags;
+	if (!(flags & SH_RX_ALLOWED) || (flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
+		state->tx = SH_TX_UNSAFE_RX;
+		sh_count(SH_STAT_TX_UNSAFE_RX, 1);
+		return 0;
 	}
-	sh_count(SH_STAT_REDIR_MSGS, 1);
-	sh_count(SH_STAT_REDIR_BYTES, msg->size);
+	if (!(flags & SH_RX_READ))
+		return 0;
+	kmsg = bpf_cast_to_kern_ctx(msg);
+	me = BPF_CORE_READ(kmsg, sk);
+	written = BPF_CORE_READ((struct tcp_sock *)me, write_seq);
+	read = BPF_CORE_READ((struct tcp_sock *)peer, copied_seq);
+	if (written != read || sh_backlog_of(peer))
+		return 0;
+	return 1;
+}
 
-	/* Back-pressure: redirected data bypasses the receiver's TCP window.
-	 * This message is committed; if the receiver is more than the bound
-	 * behind, the next ones go through TCP, whose window holds the writer
-	 * back. The receiver reads the redirected bytes before TCP's. */
-	if (sh_backlog_limit && sh_peer_backlog(msg) > sh_backlog_limit) {
-		state->tx = SH_TX_BACKPRESSURE;
-		sh_count(SH_STAT_TX_BACKPRESSURE, 1);
-	}
-	return SK_PASS;
-
-tcp:
+static __always_inline int sh_tcp(struct sk_msg_md *msg)
+{
 	sh_count(SH_STAT_TCP_MSGS, 1);
 	sh_count(SH_STAT_TCP_BYTES, msg->size);
 	return SK_PASS;
 }
 
+static __always_inline int sh_redirect(struct sk_msg_md *msg, struct sh_sock *state)
+{
+	/* Returns SK_DROP when the peer left the sockhash (closed): this
+	 * direction goes through TCP from now on. */
+	if (bpf_msg_redirect_hash(msg, &sockhop_socks, &state->peer, BPF_F_INGRESS) != SK_PASS) {
+		state->tx = SH_TX_NO_PEER;
+		sh_count(SH_STAT_TX_NO_PEER, 1);
+		return sh_tcp(msg);
+	}
+	sh_count(SH_STAT_REDIR_MSGS, 1);
+	sh_count(SH_STAT_REDIR_BYTES, msg->size);
+	return SK_PASS;
+}
+
+/*
+ * The receiver started reading in a way that does not see redirected data
+ * (splice...) while bytes we redirected were still unread. Sending over TCP
+ * now would let it read later bytes first; so this direction stays on
+ * redirect (a receiver that goes back to recvmsg gets everything in order),
+ * bounded: past the bound the send fails (EACCES) instead of queueing more.
+ */
+static __always_inline int sh_poisoned(struct sk_msg_md *msg, struct sh_sock *state)
+{
+	if (sh_backlog_limit && sh_backlog_of(state->peer_sk) > sh_backlog_limit)
+		return SK_DROP;
+	return sh_redirect(msg, state);
+}
+
+SEC("sk_msg")
+int sockhop_msg(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	struct sh_sock *state;
+	struct sh_rx *rx;
+
+	/* Every path but a poisoned one returns SK_PASS: a send sockhop does
+	 * not redirect goes through TCP, never dropped. Sends on one socket
+	 * are serialised by its socket lock, so state->tx has one writer. */
+	if (!sk)
+		return SK_PASS;
+	state = bpf_sk_storage_get(&sockhop_state, sk, 0, 0);
+	if (!state)
+		return SK_PASS;
+
+	switch (state->tx) {
+	case SH_TX_TCP:
+	case SH_TX_BACKPRESSURE:
+		if (!sh_may_switch(msg, state))
+			return sh_tcp(msg);
+		state->tx = SH_TX_REDIRECT;
+		sh_count(SH_STAT_TX_SWITCH, 1);
+		break;
+	case SH_TX_REDIRECT:
+		break;
+	case SH_TX_POISONED:
+		return sh_poisoned(msg, state);
+	default:
+		return sh_tcp(msg);
+	}
+
+	/* The receiver was seen reading with MSG_WAITALL or splicing (or
+	 * the like) since. A recvmsg reader, MSG_WAITALL included, reads
+	 * redirected bytes before TCP's: leave for TCP. A splicer reads only
+	 * TCP's: leave only if nothing we redirected is unread, else stay
+	 * (sh_poisoned). */
+	rx = sh_guard ? bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk) : NULL;
+	if (rx && (rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
+		if (!(rx->flags & SH_RX_UNSAFE) || !sh_backlog_of(state->peer_sk)) {
+			state->tx = SH_TX_UNSAFE_RX;
+			sh_count(SH_STAT_TX_UNSAFE_RX, 1);
+			return sh_tcp(msg);
+		}
+		state->tx = SH_TX_POISONED;
+		sh_count(SH_STAT_TX_POISONED, 1);
+		return sh_poisoned(msg, state);
+	}
+
+	if (sh_redirect(msg, state) != SK_PASS || state->tx != SH_TX_REDIRECT)
+		return SK_PASS;
+	/* Back-pressure: redirected data bypasses the receiver's TCP window.
+	 * This message is committed; if the receiver is more than the bound
+	 * behind, the next ones go through TCP, whose window holds the writer
+	 * back, until the receiver has caught up with all of it. */
+	if (sh_backlog_limit && sh_redir_backlog(msg) > sh_backlog_limit) {
+		state->tx = SH_TX_BACKPRESSURE;
+		sh_count(SH_STAT_TX_BACKPRESSURE, 1);
+	}
+	return SK_PASS;
+}
+
+/*
+ * The receive side. A paired socket read with recvmsg/read (this tracepoint
+ * follows every sock_recvmsg) becomes a receiver redirect may switch into;
+ * MSG_WAITALL makes it unsafe.
+ */
+static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
+{
+	__u64 cgroup = sh_cgroup_of((struct sock *)sk);
+	__u64 flag = hazard == SH_HAZARD_WAITALL ? SH_RX_WAITALL : SH_RX_UNSAFE;
+	__u64 *h;
+
+	if (!(rx->flags & flag)) {
+		if (!(rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL)))
+			sh_count(SH_STAT_RX_UNSAFE, 1);
+		__sync_fetch_and_or(&rx->flags, flag);
+		if (flag == SH_RX_UNSAFE && sh_backlog_of(sk)) {
+			__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED);
+			sh_count(SH_STAT_RX_STRANDED, 1);
+		}
+	}
+	/* Learn: this container's later sockets are not paired. */
+	bpf_map_delete_elem(&sockhop_trust, &cgroup);
+	h = bpf_map_lookup_elem(&sockhop_hazard, &cgroup);
+	if (h)
+		__sync_fetch_and_or(h, hazard);
+	else
+		bpf_map_update_elem(&sockhop_hazard, &cgroup, &hazard, BPF_NOEXIST);
+}
+
+#define MSG_PEEK 2
+#define MSG_WAITALL 0x100
+
+SEC("tp_btf/sock_recv_length")
+int sockhop_recv(unsigned long long *ctx)
+{
+	__u64 sk = ctx[0];
+	int ret = (int)ctx[1];
+	int flags = (int)ctx[2];
+	struct sh_rx *rx;
+
+	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
+	if (!rx)
+		return 0;
+	if (flags & MSG_WAITALL) {
+		sh_unsafe(rx, sk, SH_HAZARD_WAITALL);
+		return 0;
+	}
+	if (ret <= 0 || (flags & MSG_PEEK) || (rx->flags & SH_RX_READ))
+		return 0;
+	if (__sync_fetch_and_add(&rx->reads, 1) + 1 >= SH_MIN_READS)
+		__sync_fetch_and_or(&rx->flags, SH_RX_READ);
+	return 0;
+}
+
+/* The socket behind a descriptor of the current process, or 0. */
+static __always_inline __u64 sh_sock_of_fd(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *file = NULL;
+	struct socket *sock;
+	struct sock *sk;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_core_read(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	/* Not a socket file if the socket does not point back. */
+	if (!sk || BPF_CORE_READ(sk, sk_socket) != sock)
+		return 0;
+	return (__u64)sk;
+}
+
+/* x86-64 syscall numbers. */
+#define SH_NR_SENDFILE 40
+#define SH_NR_RECVFROM 45
+#define SH_NR_RECVMSG 47
+#define SH_NR_GETSOCKOPT 55
+#define SH_NR_SPLICE 275
+#define SH_NR_RECVMMSG 299
+#define SH_IPPROTO_TCP 6
+#define SH_TCP_ZEROCOPY_RECEIVE 35
+
+/*
+ * Before a syscall that reads a socket without seeing redirected data
+ * (splice, sendfile from it, TCP zerocopy receive) or that waits for a full
+ * buffer (MSG_WAITALL): mark a paired socket unsafe before the call reads,
+ * so that its sender stops redirecting (docs/hazards.md). Runs for every
+ * syscall on the node: the switch on the number is all most of them cost.
+ */
+SEC("tp_btf/sys_enter")
+int sockhop_sysenter(unsigned long long *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long id = (long)ctx[1];
+	__u64 hazard, sk;
+	struct sh_rx *rx;
+	long fd;
+
+	switch (id) {
+	case SH_NR_SPLICE:
+		fd = BPF_CORE_READ(regs, di);
+		hazard = SH_HAZARD_SPLICE;
+		break;
+	case SH_NR_SENDFILE:
+		fd = BPF_CORE_READ(regs, si);
+		hazard = SH_HAZARD_SPLICE;
+		break;
+	case SH_NR_RECVFROM:
+	case SH_NR_RECVMMSG:
+		if (!(BPF_CORE_READ(regs, r10) & MSG_WAITALL))
+			return 0;
+		fd = BPF_CORE_READ(regs, di);
+		hazard = SH_HAZARD_WAITALL;
+		break;
+	case SH_NR_RECVMSG:
+		if (!(BPF_CORE_READ(regs, dx) & MSG_WAITALL))
+			return 0;
+		fd = BPF_CORE_READ(regs, di);
+		hazard = SH_HAZARD_WAITALL;
+		break;
+	case SH_NR_GETSOCKOPT:
+		if (BPF_CORE_READ(regs, si) != SH_IPPROTO_TCP ||
+		    BPF_CORE_READ(regs, dx) != SH_TCP_ZEROCOPY_RECEIVE)
+			return 0;
+		fd = BPF_CORE_READ(regs, di);
+		hazard = SH_HAZARD_ZEROCOPY;
+		break;
+	default:
+		return 0;
+	}
+	sk = sh_sock_of_fd(fd);
+	if (!sk)
+		return 0;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
+	if (rx)
+		sh_unsafe(rx, sk, hazard);
+	return 0;
+}
+
 /* Keep these enums in BTF so that bpf2go generates their Go constants. */
 const enum sh_stat *sh_stat_btf __attribute__((unused));
 const enum sh_tx *sh_tx_btf __attribute__((unused));
+const enum sh_rx_flags *sh_rx_btf __attribute__((unused));

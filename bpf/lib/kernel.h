@@ -31,10 +31,50 @@ struct sock_cgroup_data {
 	struct cgroup *cgroup;
 } __co_re;
 
+struct socket;
+
 struct sock {
 	kuid_t sk_uid;
 	void *sk_user_data;
 	struct sock_cgroup_data sk_cgrp_data;
+	struct socket *sk_socket;
+} __co_re;
+
+/* Sequence numbers of a TCP socket: write_seq is one past the last byte the
+ * application handed to TCP, copied_seq one past the last byte the reader
+ * took (recvmsg and splice both advance it). */
+struct tcp_sock {
+	__u32 write_seq;
+	__u32 copied_seq;
+} __co_re;
+
+struct socket {
+	struct sock *sk;
+} __co_re;
+
+struct file {
+	void *private_data;
+} __co_re;
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __co_re;
+
+struct files_struct {
+	struct fdtable *fdt;
+} __co_re;
+
+struct task_struct {
+	struct files_struct *files;
+} __co_re;
+
+/* x86-64 syscall arguments as the sys_enter tracepoint sees them. */
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long r10;
 } __co_re;
 
 struct sk_buff {
@@ -50,6 +90,7 @@ struct bpf_sock_ops_kern {
 /* What bpf_cast_to_kern_ctx() returns for an sk_msg program. */
 struct sk_msg {
 	struct sock *sk_redir;
+	struct sock *sk;
 } __co_re;
 
 struct sk_psock {

@@ -35,36 +35,77 @@ struct sh_key {
 };
 
 /*
- * Per-socket state in socket storage. The peer key is fixed at pairing; tx
- * says whether this socket's sends are redirected. It starts SH_TX_PENDING
- * (clients, until their first send), is SH_TX_REDIRECT while redirecting,
- * and once it holds a reason (>= SH_TX_TCP) it never changes again: a
- * direction leaves the redirect path at most once and never comes back.
+ * Per-socket state in socket storage, written only by this socket's own
+ * programs: the peer key is fixed at pairing, peer_sk (the peer's kernel
+ * address, used only to read its sequence numbers and receive queue) is
+ * learnt by the client from its pending entry, and tx says how this
+ * socket's sends travel. Invariant 2 (docs/datapath.md):
+ *   TCP -> REDIRECT only once the receiver has read every byte this socket
+ *          ever wrote over TCP (its copied_seq equals our write_seq, read in
+ *          our own send path under our socket lock) and it reads safely;
+ *   REDIRECT -> TCP at any time (the receiver drains redirected data first).
+ * States >= SH_TX_FINAL never change again.
  */
 enum sh_tx {
-	SH_TX_PENDING = 0,
+	SH_TX_TCP = 0,          /* on TCP, may switch to redirect */
 	SH_TX_REDIRECT = 1,
-	SH_TX_TCP = 2,          /* first of the reasons below */
-	SH_TX_NO_PEER = 2,      /* peer not paired by the first send, or gone */
-	SH_TX_UNSAFE_RX = 3,    /* the receiver is not one redirect is safe for */
-	SH_TX_BACKPRESSURE = 4, /* the receiver fell behind by more than the bound */
+	SH_TX_BACKPRESSURE = 2, /* on TCP: the receiver fell behind by the bound */
+	SH_TX_FINAL = 8,        /* first of the states below: for good */
+	SH_TX_NO_PEER = 8,      /* the peer never paired, or left */
+	SH_TX_UNSAFE_RX = 9,    /* the receiver splices or waits for all */
+	SH_TX_POISONED = 10,    /* ...and redirected bytes were still unread */
 };
 
 struct sh_sock {
 	struct sh_key peer;
+	__u64 peer_sk;
 	__u32 tx;
+	__u32 waits; /* a client's sends while its server had not joined */
 };
 
-/* State of a connection between its two ESTABLISHED callbacks. */
+/* How many sends a client waits for its server end to join (it normally
+ * has by the first: it joins while the handshake's last ACK is processed). */
+#define SH_MAX_WAITS 16
+
+/* What the receive side has shown of a paired socket (sockhop_rx). */
+enum sh_rx_flags {
+	SH_RX_ALLOWED = 1,  /* the receiver policy allows redirecting into it */
+	SH_RX_READ = 2,     /* read with recvmsg/read, SH_MIN_READS times */
+	SH_RX_UNSAFE = 4,   /* spliced, sendfile'd or zerocopy-received from:
+			     * these do not see redirected data at all */
+	SH_RX_STRANDED = 8, /* ...while redirected bytes were unread */
+	SH_RX_WAITALL = 16, /* read with MSG_WAITALL: sees redirected data,
+			     * but may return it short */
+};
+
+/* Reads with recvmsg/read (returning data, without MSG_WAITALL) a receiver
+ * must have made before redirect switches into it. A protocol that reads a
+ * header and then splices the body is then still on TCP when it splices. */
+#define SH_MIN_READS 3
+
+struct sh_rx {
+	__u64 flags; /* 64-bit: clang 14 has no 32-bit atomic or for BPF */
+	__u64 reads;
+};
+
+/* State of a connection between its two ESTABLISHED callbacks, until the
+ * client's first send picks up the server's address. */
 enum sh_conn_flags {
-	SH_CONN_PAIRED = 1,         /* the server end is in the sockhash */
-	SH_CONN_CLIENT_RX_SAFE = 2, /* redirecting into the client is safe */
-	SH_CONN_SERVER_RX_SAFE = 4, /* redirecting into the server is safe */
-	SH_CONN_AMBIGUOUS = 8,      /* two sockets claimed one key: pair nothing */
+	SH_CONN_PAIRED = 1,    /* the server end is in the sockhash */
+	SH_CONN_AMBIGUOUS = 8, /* two sockets claimed one key: pair nothing */
 };
 
 struct sh_pending {
-	__u64 flags; /* 64-bit: clang 14 has no 32-bit atomic or for BPF */
+	__u64 flags;
+	__u64 client_sk;
+	__u64 server_sk; /* set when the server joins */
+};
+
+/* Learnt hazards of a cgroup (container): its later sockets are not paired. */
+enum sh_hazard_flags {
+	SH_HAZARD_SPLICE = 1,
+	SH_HAZARD_WAITALL = 2,
+	SH_HAZARD_ZEROCOPY = 4,
 };
 
 #define SH_MAX_EXCLUDE_PORTS 16
@@ -91,6 +132,11 @@ enum sh_stat {
 	SH_STAT_TX_NO_PEER,      /* directions switched to TCP, by reason */
 	SH_STAT_TX_UNSAFE_RX,
 	SH_STAT_TX_BACKPRESSURE,
+	SH_STAT_TX_SWITCH,       /* directions switched from TCP to redirect */
+	SH_STAT_RX_UNSAFE,       /* paired receivers seen splicing or waiting for all */
+	SH_STAT_RX_STRANDED,     /* ...while redirected bytes were unread */
+	SH_STAT_TX_POISONED,     /* directions kept on redirect for a stranded receiver */
+	SH_STAT_SKIP_HAZARD,     /* sockets not paired: their cgroup splices or waits */
 	SH_STAT_SKIP_DATA,       /* connections not paired, by reason */
 	SH_STAT_SKIP_REMOTE,
 	SH_STAT_SKIP_EXCLUDED,
@@ -100,12 +146,13 @@ enum sh_stat {
 	SH_STAT_ERR_SOCKHASH,    /* failed map operations, by map */
 	SH_STAT_ERR_STORAGE,
 	SH_STAT_ERR_PENDING,
+	SH_STAT_ERR_RX,
 	SH_STAT_MAX,
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 262144);
 	__type(key, struct sh_key);
 	__type(value, __u64);
 } sockhop_socks SEC(".maps");
@@ -118,12 +165,13 @@ struct {
 } sockhop_state SEC(".maps");
 
 /*
- * Client ends waiting for their server end. LRU: an entry whose server never
- * shows up (or whose client never sends) ages out instead of filling the map.
+ * Client ends waiting for their server end. Removed by the client's first
+ * send after the server joined, or when the client closes.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
 	__type(key, struct sh_conn);
 	__type(value, struct sh_pending);
 } sockhop_pending SEC(".maps");
@@ -134,6 +182,40 @@ struct {
 	__type(key, __u64);
 	__type(value, struct sh_pod);
 } sockhop_pods SEC(".maps");
+
+/* Receive-side observations of each paired socket, keyed by its kernel
+ * address: the tracepoints on the receive path see a struct sock, not our
+ * socket storage. Added at pairing, removed when the socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144);
+	__type(key, __u64);
+	__type(value, struct sh_rx);
+} sockhop_rx SEC(".maps");
+
+/* Cgroups (containers) seen reading a paired socket in a way redirected
+ * data would break: their later connections stay on TCP. */
+/* (value: enum sh_hazard_flags) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} sockhop_hazard SEC(".maps");
+
+/* Cgroups (containers) whose paired sockets were read only with
+ * recvmsg/read from their first byte to their close, counted; a cgroup
+ * with no hazard and SH_TRUST_CLOSED of them receives redirected data on
+ * its new connections from their first byte. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} sockhop_trust SEC(".maps");
+
+#define SH_TRUST_CLOSED 1
 
 /* IPs of this node's accelerated pods: pairing across namespaces needs both ends here. */
 struct {

@@ -30,6 +30,9 @@ volatile const __u8 sh_app_receivers = 0;
 /* Bytes redirected into a receiver and not yet read before the sender's
  * direction switches to TCP for good; 0 = unbounded. */
 volatile const __u32 sh_backlog_limit = 4 << 20;
+/* 1: a direction switches to redirect only into a receiver seen reading
+ * safely (the receiver guard); 0 (tests only): from its first byte. */
+volatile const __u8 sh_guard = 1;
 
 /*
  * The attached pod this socket belongs to: the nearest ancestor of the
@@ -71,10 +74,11 @@ static __always_inline int sh_port_excluded(const struct sh_pod *pod, __u16 port
 	return 0;
 }
 
-/* Whether redirecting into this socket is safe: see "receiver classes" in
- * the docs. Proxies read with recvmsg; arbitrary applications may splice()
- * or use MSG_WAITALL, which do not see redirected data on affected kernels. */
-static __always_inline int sh_rx_safe(struct sock *sk)
+/* Whether the receiver policy allows redirecting into this socket at all:
+ * any socket (the default), or only those owned by a proxy uid. Either way a
+ * direction switches to redirect only once the receiver has been seen
+ * reading safely (docs/hazards.md). */
+static __always_inline int sh_rx_allowed(struct sock *sk)
 {
 	__u32 uid;
 
@@ -84,6 +88,48 @@ static __always_inline int sh_rx_safe(struct sock *sk)
 	for (int i = 0; i < 4; i++)
 		if (sh_proxy_uids[i] == uid)
 			return 1;
+	return 0;
+}
+
+/* A cgroup (container) seen splicing or waiting for all on a paired socket:
+ * redirect could strand its reads, so its sockets are not paired. */
+static __always_inline __u64 sh_cgroup_of(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+static __always_inline int sh_hazardous(struct sock *sk)
+{
+	__u64 id = sh_cgroup_of(sk);
+
+	return bpf_map_lookup_elem(&sockhop_hazard, &id) != NULL;
+}
+
+/* A cgroup whose earlier paired sockets were read safely all their life. */
+static __always_inline int sh_trusted(struct sock *sk)
+{
+	__u64 id = sh_cgroup_of(sk);
+	__u64 *n = bpf_map_lookup_elem(&sockhop_trust, &id);
+
+	return n && *n >= SH_TRUST_CLOSED;
+}
+
+/* Start watching this socket's reads, and get a callback when it closes. */
+static __always_inline int sh_track(struct bpf_sock_ops *skops, struct sock *sk)
+{
+	struct sh_rx rx = {};
+	__u64 addr = (__u64)sk;
+
+	if (sh_rx_allowed(sk))
+		rx.flags = SH_RX_ALLOWED;
+	/* A receiver of a trusted cgroup counts as seen reading safely. */
+	if (sh_trusted(sk))
+		rx.flags |= SH_RX_READ;
+	if (bpf_map_update_elem(&sockhop_rx, &addr, &rx, BPF_ANY)) {
+		sh_count(SH_STAT_ERR_RX, 1);
+		return -1;
+	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 0;
 }
 
@@ -141,10 +187,14 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 	struct sh_pending pending = {};
 	struct sh_pending *old;
 	struct sh_sock *state;
+	__u64 addr = (__u64)sk;
 	long err;
 
-	if (sh_rx_safe(sk))
-		pending.flags = SH_CONN_CLIENT_RX_SAFE;
+	if (sh_hazardous(sk)) {
+		sh_count(SH_STAT_SKIP_HAZARD, 1);
+		return;
+	}
+	pending.client_sk = addr;
 	err = bpf_map_update_elem(&sockhop_pending, &key->conn, &pending, BPF_NOEXIST);
 	if (err && err != -17 /* EEXIST */) {
 		sh_count(SH_STAT_ERR_PENDING, 1);
@@ -167,24 +217,35 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 	}
 	state->peer = *key;
 	state->peer.side = SH_SERVER;
-	state->tx = SH_TX_PENDING;
+	state->peer_sk = 0;
+	state->waits = 0;
+	state->tx = SH_TX_TCP;
 
+	if (sh_track(skops, sk)) {
+		bpf_map_delete_elem(&sockhop_pending, &key->conn);
+		return;
+	}
 	if (bpf_sock_hash_update(skops, &sockhop_socks, key, BPF_NOEXIST)) {
 		sh_count(SH_STAT_ERR_SOCKHASH, 1);
 		bpf_map_delete_elem(&sockhop_pending, &key->conn);
+		bpf_map_delete_elem(&sockhop_rx, &addr);
 		return;
 	}
 	sh_count(SH_STAT_PAIRED_CLIENT, 1);
 }
 
+/* The server end names the connection the client named: it joins only if
+ * the client is waiting, and hands the client its address. Its own tx, and
+ * the client's, start on TCP (docs/datapath.md). */
 static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
 					   struct sock *sk, struct sh_key *key)
 {
 	struct sh_key client = *key;
 	struct sh_pending *pending;
 	struct sh_sock *state;
-	__u64 flags, join;
-	int c2s, s2c;
+	struct sh_rx *crx;
+	__u64 addr = (__u64)sk;
+	__u64 flags, client_sk;
 
 	client.side = SH_CLIENT;
 	pending = bpf_map_lookup_elem(&sockhop_pending, &key->conn);
@@ -193,6 +254,7 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 		return;
 	}
 	flags = pending->flags;
+	client_sk = pending->client_sk;
 	if (flags & (SH_CONN_PAIRED | SH_CONN_AMBIGUOUS)) {
 		__sync_fetch_and_or(&pending->flags, SH_CONN_AMBIGUOUS);
 		bpf_map_delete_elem(&sockhop_socks, &client);
@@ -200,15 +262,16 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 		return;
 	}
 
-	c2s = sh_rx_safe(sk);
-	s2c = flags & SH_CONN_CLIENT_RX_SAFE;
-	if (!c2s && !s2c) {
-		/* Neither direction may redirect: take the client back out so
-		 * that it costs nothing. It has sent nothing through the
-		 * sockhash (its first send finds no SH_CONN_PAIRED). */
+	/* A connection with a hazardous end, or whose receivers the policy
+	 * allows in neither direction, is not worth pairing: take the client
+	 * back out so that it costs nothing. It has redirected nothing (no
+	 * server address yet), and nothing was redirected into it. */
+	crx = bpf_map_lookup_elem(&sockhop_rx, &client_sk);
+	if (sh_hazardous(sk) || (!sh_rx_allowed(sk) && !(crx && (crx->flags & SH_RX_ALLOWED)))) {
 		bpf_map_delete_elem(&sockhop_socks, &client);
 		bpf_map_delete_elem(&sockhop_pending, &key->conn);
-		sh_count(SH_STAT_TX_UNSAFE_RX, 2);
+		bpf_map_delete_elem(&sockhop_rx, &client_sk);
+		sh_count(sh_hazardous(sk) ? SH_STAT_SKIP_HAZARD : SH_STAT_TX_UNSAFE_RX, 1);
 		return;
 	}
 
@@ -218,22 +281,50 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 		return;
 	}
 	state->peer = client;
-	state->tx = s2c ? SH_TX_REDIRECT : SH_TX_UNSAFE_RX;
+	state->peer_sk = client_sk;
+	state->tx = SH_TX_TCP;
 
+	if (sh_track(skops, sk))
+		return;
 	if (bpf_sock_hash_update(skops, &sockhop_socks, key, BPF_NOEXIST)) {
 		sh_count(SH_STAT_ERR_SOCKHASH, 1);
+		bpf_map_delete_elem(&sockhop_rx, &addr);
 		return;
 	}
-	join = SH_CONN_PAIRED;
-	if (c2s)
-		join |= SH_CONN_SERVER_RX_SAFE;
-	__sync_fetch_and_or(&pending->flags, join);
-	/* Each direction kept on TCP for its receiver, counted once here. */
-	if (!s2c)
-		sh_count(SH_STAT_TX_UNSAFE_RX, 1);
-	if (!c2s)
-		sh_count(SH_STAT_TX_UNSAFE_RX, 1);
+	pending->server_sk = addr;
+	__sync_fetch_and_or(&pending->flags, SH_CONN_PAIRED);
 	sh_count(SH_STAT_PAIRED_SERVER, 1);
+}
+
+/* A paired socket closed: forget what was kept for it, and learn from how
+ * it was read. */
+static __always_inline void sh_closed(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock_ops_kern *kctx = bpf_cast_to_kern_ctx(skops);
+	struct bpf_sock *bsk = skops->sk;
+	struct sh_sock *state;
+	struct sh_rx *rx;
+	__u64 addr, cgroup, one = 1, *n;
+
+	if (!bsk || !kctx->sk)
+		return;
+	addr = (__u64)kctx->sk;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &addr);
+	if (rx && rx->reads >= SH_MIN_READS && !(rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL)) &&
+	    !sh_hazardous(kctx->sk)) {
+		cgroup = sh_cgroup_of(kctx->sk);
+		n = bpf_map_lookup_elem(&sockhop_trust, &cgroup);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			bpf_map_update_elem(&sockhop_trust, &cgroup, &one, BPF_NOEXIST);
+	}
+	bpf_map_delete_elem(&sockhop_rx, &addr);
+	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
+	/* A client that never learnt its server's address still has a
+	 * pending entry. */
+	if (state && state->peer.side == SH_SERVER && !state->peer_sk)
+		bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
 }
 
 static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_side side)

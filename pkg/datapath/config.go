@@ -72,7 +72,10 @@ func (d *Datapath) record() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	for name, p := range map[string]*ebpf.Program{"sockops": d.objs.SockhopSockops, "sk_msg": d.objs.SockhopMsg} {
+	for name, p := range map[string]*ebpf.Program{
+		"sockops": d.objs.SockhopSockops, "sk_msg": d.objs.SockhopMsg,
+		"recv": d.objs.SockhopRecv, "sys_enter": d.objs.SockhopSysenter,
+	} {
 		pin := filepath.Join(dir, name)
 		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("replace program pin %s: %w", pin, err)

@@ -15,6 +15,16 @@ type Counters struct {
 	// through TCP (a direction that left the redirect path, or never took it).
 	TCPMessages uint64
 	TCPBytes    uint64
+	// Switches counts directions that moved from TCP to redirect (once
+	// their receiver had read everything and was seen reading safely).
+	Switches uint64
+	// UnsafeReceivers counts paired sockets seen splicing, using
+	// sendfile or zerocopy receive from, or reading with MSG_WAITALL;
+	// Stranded those of them that had redirected bytes unread then, and
+	// Poisoned the directions kept on redirect for them (docs/hazards.md).
+	UnsafeReceivers uint64
+	Stranded        uint64
+	Poisoned        uint64
 	// Passthrough counts, by reason, connections or directions left on TCP.
 	Passthrough map[string]uint64
 	// MapErrors counts failed map operations, by map.
@@ -24,7 +34,7 @@ type Counters struct {
 // Reasons in Counters.Passthrough.
 const (
 	ReasonNoPeer       = "no_peer"         // a direction whose peer was not paired by its first send, or left
-	ReasonUnsafeRx     = "unsafe_receiver" // a direction into a receiver redirect is not safe for
+	ReasonUnsafeRx     = "unsafe_receiver" // a direction into a receiver that splices or waits for all (or the policy excludes)
 	ReasonBackpressure = "backpressure"    // a direction whose receiver fell behind the bound
 	ReasonDataFlowed   = "data_flowed"     // a connection that carried data before it was established (TFO)
 	ReasonRemote       = "remote"          // a connection to a peer outside this node's accelerated pods
@@ -32,6 +42,7 @@ const (
 	ReasonNoPod        = "no_pod"          // a socket of a cgroup without a pod entry
 	ReasonNoClient     = "no_client"       // a server end whose client end is not accelerated
 	ReasonAmbiguous    = "ambiguous"       // two sockets claimed one connection: none paired
+	ReasonHazard       = "hazard_learnt"   // a socket of a cgroup seen splicing or waiting for all
 )
 
 // Counters sums the per-CPU counters.
@@ -57,6 +68,10 @@ func (d *Datapath) Counters() (Counters, error) {
 		RedirectedBytes:    get(sockhopShStatSH_STAT_REDIR_BYTES),
 		TCPMessages:        get(sockhopShStatSH_STAT_TCP_MSGS),
 		TCPBytes:           get(sockhopShStatSH_STAT_TCP_BYTES),
+		Switches:           get(sockhopShStatSH_STAT_TX_SWITCH),
+		UnsafeReceivers:    get(sockhopShStatSH_STAT_RX_UNSAFE),
+		Stranded:           get(sockhopShStatSH_STAT_RX_STRANDED),
+		Poisoned:           get(sockhopShStatSH_STAT_TX_POISONED),
 		Passthrough: map[string]uint64{
 			ReasonNoPeer:       get(sockhopShStatSH_STAT_TX_NO_PEER),
 			ReasonUnsafeRx:     get(sockhopShStatSH_STAT_TX_UNSAFE_RX),
@@ -67,11 +82,13 @@ func (d *Datapath) Counters() (Counters, error) {
 			ReasonNoPod:        get(sockhopShStatSH_STAT_SKIP_NO_POD),
 			ReasonNoClient:     get(sockhopShStatSH_STAT_SKIP_NO_CLIENT),
 			ReasonAmbiguous:    get(sockhopShStatSH_STAT_SKIP_AMBIGUOUS),
+			ReasonHazard:       get(sockhopShStatSH_STAT_SKIP_HAZARD),
 		},
 		MapErrors: map[string]uint64{
 			"sockhash":       get(sockhopShStatSH_STAT_ERR_SOCKHASH),
 			"socket_storage": get(sockhopShStatSH_STAT_ERR_STORAGE),
 			"pending":        get(sockhopShStatSH_STAT_ERR_PENDING),
+			"receivers":      get(sockhopShStatSH_STAT_ERR_RX),
 		},
 	}, nil
 }

@@ -31,6 +31,9 @@ const (
 	mapsDir   = "maps"
 	linksDir  = "links"
 	msgLinkID = "sk_msg"
+	// The receive-side tracepoints: node-wide, attached once.
+	recvLinkID     = "tp-sock_recv_length"
+	sysenterLinkID = "tp-sys_enter"
 	noUID     = 0xffffffff
 )
 
@@ -41,12 +44,19 @@ type Options struct {
 	// ProxyUIDs own the sockets that are always safe to redirect into
 	// (at most 4; nil means DefaultProxyUIDs).
 	ProxyUIDs []uint32
-	// AppReceivers allows redirecting into sockets of any owner. Safe only
-	// where the kernel passes the hazard self-test (SelfTest).
+	// AppReceivers allows redirecting into sockets of any owner (the
+	// agent's default); false redirects only into sockets of ProxyUIDs.
+	// Either way a direction switches to redirect only once its receiver
+	// has been seen reading with recvmsg, and never into a receiver that
+	// splices or waits for all (docs/hazards.md).
 	AppReceivers bool
 	// BacklogLimit bounds the unread redirected bytes per receiver; 0 means
 	// DefaultBacklogLimit, a negative value means unbounded.
 	BacklogLimit int
+
+	// noGuard (tests only, see export_test.go) redirects a direction from
+	// its first byte, whatever its receiver does.
+	noGuard bool
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -101,13 +111,22 @@ func Load(opts Options) (*Datapath, error) {
 		}
 	}
 	d := &Datapath{opts: opts}
-	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: filepath.Join(opts.PinDir, mapsDir)},
-	})
-	if err != nil {
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("pinned maps in %s belong to an incompatible sockhop version (uninstall it first): %w", opts.PinDir, err)
+	load := func() error {
+		return spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{
+			Maps: ebpf.MapOptions{PinPath: filepath.Join(opts.PinDir, mapsDir)},
+		})
+	}
+	err = load()
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// Another sockhop version (or capacity) left maps of another
+		// layout: start new ones. Established connections keep the
+		// program they were paired under, and through it the old maps.
+		if rerr := retireMaps(opts.PinDir); rerr != nil {
+			return nil, fmt.Errorf("replace the incompatible maps in %s: %w", opts.PinDir, rerr)
 		}
+		err = load()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("load sockhop BPF objects: %w", verifierError(err))
 	}
 	if err := d.relink(); err != nil {
@@ -137,7 +156,12 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 	if opts.AppReceivers {
 		appRx = 1
 	}
+	guard := uint8(1)
+	if opts.noGuard {
+		guard = 0
+	}
 	for name, v := range map[string]any{
+		sockhopVarShGuard:        guard,
 		sockhopVarShProxyUids:    uids,
 		sockhopVarShBacklogLimit: limit,
 		sockhopVarShAppReceivers: appRx,
@@ -183,6 +207,13 @@ func (d *Datapath) relink() error {
 		return fmt.Errorf("open sk_msg link: %w", err)
 	}
 
+	if err := d.relinkTracing(filepath.Join(dir, recvLinkID), d.objs.SockhopRecv); err != nil {
+		return fmt.Errorf("attach the receive tracepoint: %w", err)
+	}
+	if err := d.relinkTracing(filepath.Join(dir, sysenterLinkID), d.objs.SockhopSysenter); err != nil {
+		return fmt.Errorf("attach the syscall tracepoint: %w", err)
+	}
+
 	return d.eachCgroupLink(func(id uint64, l link.Link) error {
 		err := l.Update(d.objs.SockhopSockops)
 		if err == nil {
@@ -195,6 +226,61 @@ func (d *Datapath) relink() error {
 		}
 		return fmt.Errorf("update sockops link of cgroup %d: %w", id, err)
 	})
+}
+
+// relinkTracing makes the pinned tracepoint link run prog. Tracing links
+// cannot be updated in place: the new one is attached and pinned before the
+// old one goes, so that no read goes unobserved in between (both marking a
+// receiver is harmless).
+func (d *Datapath) relinkTracing(pin string, prog *ebpf.Program) error {
+	old, err := link.LoadPinnedLink(pin, nil)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("open %s: %w", pin, err)
+	}
+	if old != nil {
+		defer old.Close()
+		if info, err := old.Info(); err == nil {
+			if pi, err := prog.Info(); err == nil {
+				if id, ok := pi.ID(); ok && info.Program == id {
+					return nil // already this program
+				}
+			}
+		}
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		return featureErr("tp_btf tracepoint programs", err)
+	}
+	defer l.Close()
+	tmp := pin + "-new" // bpffs refuses dots in names
+	os.Remove(tmp)
+	if err := l.Pin(tmp); err != nil {
+		return fmt.Errorf("pin %s: %w", tmp, err)
+	}
+	if old != nil {
+		if err := old.Unpin(); err != nil {
+			return fmt.Errorf("unpin %s: %w", pin, err)
+		}
+	}
+	if err := os.Rename(tmp, pin); err != nil {
+		return fmt.Errorf("pin %s: %w", pin, err)
+	}
+	return nil
+}
+
+// retireMaps unpins the maps and the sk_msg link of an incompatible
+// datapath. The maps live on while a program uses them: the psocks of
+// established connections hold the sk_msg program they were paired under,
+// so those connections carry on as before; new ones use the new maps.
+func retireMaps(pinDir string) error {
+	if err := os.RemoveAll(filepath.Join(pinDir, mapsDir)); err != nil {
+		return err
+	}
+	msgPin := filepath.Join(pinDir, linksDir, msgLinkID)
+	if err := os.Remove(msgPin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.MkdirAll(filepath.Join(pinDir, mapsDir), 0o700)
 }
 
 // Close releases this process's handles. Pins, links and the sockets in

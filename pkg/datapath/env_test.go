@@ -177,6 +177,7 @@ func (e *env) run(ns *testbed.NetNS, args ...string) {
 // delta is what happened between two counter readings.
 type delta struct {
 	paired, redirBytes, tcpBytes uint64
+	switches, unsafeRx, stranded uint64
 	pass                         map[string]uint64
 }
 
@@ -185,6 +186,9 @@ func diff(before, after datapath.Counters) delta {
 		paired:     after.PairedSockets - before.PairedSockets,
 		redirBytes: after.RedirectedBytes - before.RedirectedBytes,
 		tcpBytes:   after.TCPBytes - before.TCPBytes,
+		switches:   after.Switches - before.Switches,
+		unsafeRx:   after.UnsafeReceivers - before.UnsafeReceivers,
+		stranded:   after.Stranded - before.Stranded,
 		pass:       map[string]uint64{},
 	}
 	for k, v := range after.Passthrough {
@@ -194,7 +198,8 @@ func diff(before, after datapath.Counters) delta {
 }
 
 func (d delta) String() string {
-	return fmt.Sprintf("paired=%d redirected=%dB tcp=%dB pass=%v", d.paired, d.redirBytes, d.tcpBytes, d.pass)
+	return fmt.Sprintf("paired=%d redirected=%dB tcp=%dB switches=%d unsafe_rx=%d stranded=%d pass=%v",
+		d.paired, d.redirBytes, d.tcpBytes, d.switches, d.unsafeRx, d.stranded, d.pass)
 }
 
 func mustOK(t testing.TB, res testbed.Result, wantConns int, bytesEach int64) {

@@ -19,10 +19,14 @@ import (
 // client lives in another namespace across a veth. The application under
 // test is its own process in the pod, uid appUID.
 //
-// Every test runs with the default Options. SOCKHOP_HAZARD_DROP_GUARD
-// removes a guard to show that the tests then fail:
+// Every test runs with the agent's default options (AppReceivers: every
+// receiver may be redirected into, guarded), the receivers of the
+// splice/MSG_WAITALL tests once as an application (uid 1000) and once as
+// a sidecar proxy (uid 1337): the guard does not trust a uid.
+// SOCKHOP_HAZARD_DROP_GUARD removes a guard to show that the tests then
+// fail:
 //
-//	receiver-class  Options.AppReceivers = true (redirect into applications too)
+//	receiver-guard  redirect every direction from its first byte
 //	backpressure    Options.BacklogLimit = -1 (unbounded)
 //	both            both of them
 
@@ -36,20 +40,21 @@ const (
 
 func hazardOptions(t testing.TB) datapath.Options {
 	t.Helper()
-	var opts datapath.Options
+	opts := datapath.Options{AppReceivers: true}
 	switch g := os.Getenv("SOCKHOP_HAZARD_DROP_GUARD"); g {
 	case "":
 		return opts
-	case "receiver-class":
-		opts.AppReceivers = true
+	case "receiver-guard":
+		opts = datapath.WithoutReceiverGuard(opts)
 	case "backpressure":
 		opts.BacklogLimit = -1
 	case "both":
-		opts.AppReceivers, opts.BacklogLimit = true, -1
+		opts.BacklogLimit = -1
+		opts = datapath.WithoutReceiverGuard(opts)
 	default:
 		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-class, backpressure or both", g)
 	}
-	t.Logf("GUARD DROPPED (%s): %+v — this test is expected to fail", os.Getenv("SOCKHOP_HAZARD_DROP_GUARD"), opts)
+	t.Logf("GUARD DROPPED (%s) — this test is expected to fail", os.Getenv("SOCKHOP_HAZARD_DROP_GUARD"))
 	return opts
 }
 
@@ -128,62 +133,92 @@ func wantAccelerated(t *testing.T, d delta) {
 	t.Logf("datapath: %v", d)
 }
 
+// wantGuarded checks that the receiver guard is what kept the hazardous
+// reader safe: its connection was paired (so it could have been
+// redirected into) and the guard saw the reader (unsafe receiver counted).
+func wantGuarded(t *testing.T, d delta) {
+	t.Helper()
+	if d.paired == 0 || d.unsafeRx == 0 {
+		t.Fatalf("the guard did not see the hazardous reader (nothing tested): %v", d)
+	}
+	t.Logf("datapath: %v", d)
+}
+
+// receivers runs fn with the hazardous reader as an application and as a
+// sidecar proxy.
+func receivers(t *testing.T, fn func(t *testing.T, uid int)) {
+	for _, r := range []struct {
+		name string
+		uid  int
+	}{{"app", appUID}, {"proxy-uid", istioProxyUID}} {
+		t.Run(r.name, func(t *testing.T) { fn(t, r.uid) })
+	}
+}
+
 // (a) A Go relay in the pod, io.Copy between two *net.TCPConn (splice),
 // forwards a full-duplex checked stream from the client to an upstream
 // server behind the outbound sidecar: app → proxy and proxy → app on both
 // of its connections.
 func TestHazardRelaySplice(t *testing.T) {
-	s := newSidecarPod(t, hazardOptions(t), true, true)
-	s.server(s.client, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:9000"}, Seed: 31})
-	s.server(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeRelay, Listen: []string{"0.0.0.0:8080"}, Target: "198.18.0.1:9000"})
+	receivers(t, func(t *testing.T, uid int) {
+		s := newSidecarPod(t, hazardOptions(t), true, true)
+		s.server(s.client, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:9000"}, Seed: 31})
+		s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeRelay, Listen: []string{"0.0.0.0:8080"}, Target: "198.18.0.1:9000"})
 
-	before := s.counters()
-	spec := testbed.PeerSpec{
-		Mode: testbed.ModeDeadlineStream, Target: "198.18.0.2:8080",
-		Conns: 2, Parallel: 2, Bytes: hazardBytes / 2, MaxWrite: 1 << 20, ExpectSeed: 31,
-	}
-	res := s.waitBounded(s.startClient(s.client, 0, spec), "relay client")
-	wantDelivered(t, "the io.Copy relay", res, int64(spec.Conns)*spec.Bytes)
-	wantAccelerated(t, diff(before, s.counters()))
+		before := s.counters()
+		spec := testbed.PeerSpec{
+			Mode: testbed.ModeDeadlineStream, Target: "198.18.0.2:8080",
+			Conns: 4, Parallel: 4, Bytes: hazardBytes, MaxWrite: 1 << 20, ExpectSeed: 31,
+		}
+		res := s.waitBounded(s.startClient(s.client, 0, spec), "relay client")
+		wantDelivered(t, "the io.Copy relay", res, int64(spec.Conns)*spec.Bytes)
+		d := diff(before, s.counters())
+		wantGuarded(t, d)
+		wantAccelerated(t, d)
+	})
 }
 
 // (b) An application that reads with splice(2) into a pipe.
 func TestHazardSplice(t *testing.T) {
-	s := newSidecarPod(t, hazardOptions(t), true, false)
-	s.server(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeSpliceSink, Listen: []string{"0.0.0.0:8080"}})
-	before := s.counters()
-	spec := testbed.PeerSpec{Mode: testbed.ModeSendReport, Target: "198.18.0.2:8080", Bytes: hazardBytes, MaxWrite: 256 << 10}
-	w := s.startClient(s.client, 0, spec)
-	res := s.waitBounded(w, "splice client")
-	wantDelivered(t, "the splice() reader", res, spec.Bytes)
-	rep, err := testbed.Report(w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("splice reader: %d splices", rep.Sink.Reads)
-	wantAccelerated(t, diff(before, s.counters()))
+	receivers(t, func(t *testing.T, uid int) {
+		s := newSidecarPod(t, hazardOptions(t), true, false)
+		s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeSpliceSink, Listen: []string{"0.0.0.0:8080"}})
+		before := s.counters()
+		spec := testbed.PeerSpec{Mode: testbed.ModeSendReport, Target: "198.18.0.2:8080", Bytes: hazardBytes, MaxWrite: 256 << 10}
+		w := s.startClient(s.client, 0, spec)
+		res := s.waitBounded(w, "splice client")
+		wantDelivered(t, "the splice() reader", res, spec.Bytes)
+		rep, err := testbed.Report(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("splice reader: %d splices", rep.Sink.Reads)
+		wantGuarded(t, diff(before, s.counters()))
+	})
 }
 
 // (c) An application that reads with blocking recv(100000, MSG_WAITALL)
 // while the client writes 1 B to 64 KiB at a time: every read must return
 // exactly 100000 bytes until the last (the remainder), then EOF.
 func TestHazardWaitAll(t *testing.T) {
-	s := newSidecarPod(t, hazardOptions(t), true, false)
-	s.server(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeWaitAllSink, Listen: []string{"0.0.0.0:8080"}, Size: 100000})
-	before := s.counters()
-	spec := testbed.PeerSpec{Mode: testbed.ModeSendReport, Target: "198.18.0.2:8080", Bytes: hazardBytes, MaxWrite: 64 << 10}
-	w := s.startClient(s.client, 0, spec)
-	res := s.waitBounded(w, "MSG_WAITALL client")
-	rep, err := testbed.Report(w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantDelivered(t, "the MSG_WAITALL reader", res, spec.Bytes)
-	if want := int((spec.Bytes + 99999) / 100000); rep.Sink.Reads != want || rep.Sink.ShortReads != 0 {
-		t.Fatalf("MSG_WAITALL reader: %d reads (%d short, first: %s), want %d full reads", rep.Sink.Reads, rep.Sink.ShortReads, rep.Sink.FirstShort, want)
-	}
-	t.Logf("MSG_WAITALL reader: %d full reads", rep.Sink.Reads)
-	wantAccelerated(t, diff(before, s.counters()))
+	receivers(t, func(t *testing.T, uid int) {
+		s := newSidecarPod(t, hazardOptions(t), true, false)
+		s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeWaitAllSink, Listen: []string{"0.0.0.0:8080"}, Size: 100000})
+		before := s.counters()
+		spec := testbed.PeerSpec{Mode: testbed.ModeSendReport, Target: "198.18.0.2:8080", Bytes: hazardBytes, MaxWrite: 64 << 10}
+		w := s.startClient(s.client, 0, spec)
+		res := s.waitBounded(w, "MSG_WAITALL client")
+		rep, err := testbed.Report(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantDelivered(t, "the MSG_WAITALL reader", res, spec.Bytes)
+		if want := int((spec.Bytes + 99999) / 100000); rep.Sink.Reads != want || rep.Sink.ShortReads != 0 {
+			t.Fatalf("MSG_WAITALL reader: %d reads (%d short, first: %s), want %d full reads", rep.Sink.Reads, rep.Sink.ShortReads, rep.Sink.FirstShort, want)
+		}
+		t.Logf("MSG_WAITALL reader: %d full reads", rep.Sink.Reads)
+		wantGuarded(t, diff(before, s.counters()))
+	})
 }
 
 // holdRun is one back-pressure measurement.
@@ -309,7 +344,7 @@ func boundOf(o datapath.Options) string {
 // Observability: TCP_INFO (and so `ss -i`) does not count redirected
 // bytes; sockhop's counters do. The app sends 2 MiB (below the
 // back-pressure bound, so all of it is redirected) to a proxy-owned socket
-// on loopback, first without attach, then accelerated.
+// on loopback, first without attach, then accelerated (twice: see below).
 func TestHazardTCPInfo(t *testing.T) {
 	e := newEnv(t, datapath.Options{})
 	p := e.pod("app", false)
@@ -328,22 +363,14 @@ func TestHazardTCPInfo(t *testing.T) {
 	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	// A client's first send may rarely race the pairing of the server end
-	// and take TCP for good (no_peer): then this connection shows nothing
-	// about redirected bytes, so send again, at most twice more.
-	var (
-		accel testbed.HazardReport
-		d     delta
-	)
-	for try := 0; try < 3; try++ {
-		before := e.counters()
-		accel = send("sockhop")
-		d = diff(before, e.counters())
-		if d.pass[datapath.ReasonNoPeer] == 0 {
-			break
-		}
-		t.Logf("try %d raced the pairing (%v); sending again", try+1, d)
-	}
+	// The first accelerated connection starts on TCP until the receiver
+	// has been seen reading; once it closed, read safely all its life,
+	// the receiver's cgroup is trusted and the next connection is
+	// redirected from its first byte (docs/datapath.md).
+	send("sockhop, first connection")
+	before := e.counters()
+	accel := send("sockhop")
+	d := diff(before, e.counters())
 	t.Logf("TCP_INFO after %s app → proxy: plain TCP sender bytes_sent=%d bytes_acked=%d, receiver bytes_received=%d; "+
 		"accelerated sender bytes_sent=%d bytes_acked=%d, receiver bytes_received=%d; sockhop redirected_bytes +%d",
 		mib(size), plain.TCPInfo.BytesSent, plain.TCPInfo.BytesAcked, plain.Sink.TCPInfo.BytesReceived,

@@ -66,12 +66,29 @@ func Checks() []Check {
 		{"sk_msg helper bpf_msg_redirect_hash", helper(ebpf.SkMsg, asm.FnMsgRedirectHash)},
 		{"sk_msg helper bpf_sk_storage_get", helper(ebpf.SkMsg, asm.FnSkStorageGet)},
 		{"sk_msg helper bpf_probe_read_kernel", helper(ebpf.SkMsg, asm.FnProbeReadKernel)},
+		{"tracepoint sock_recv_length (Linux 6.3)", haveKernelType("btf_trace_sock_recv_length")},
+		{"tracepoint sys_enter", haveKernelType("btf_trace_sys_enter")},
 	}
 	checks := make([]Check, 0, len(probes))
 	for _, p := range probes {
 		checks = append(checks, Check{Name: p.name, Err: p.fn()})
 	}
 	return checks
+}
+
+// haveKernelType checks that the kernel's BTF names a type: a raw
+// tracepoint a tp_btf program attaches to is the typedef btf_trace_<name>.
+func haveKernelType(name string) func() error {
+	return func() error {
+		spec, err := btf.LoadKernelSpec()
+		if err != nil {
+			return err
+		}
+		if _, err := spec.AnyTypeByName(name); err != nil {
+			return fmt.Errorf("%s: %w", name, ebpf.ErrNotSupported)
+		}
+		return nil
+	}
 }
 
 // Probe returns a *FeatureError for the first missing feature.

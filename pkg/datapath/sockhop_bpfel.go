@@ -37,8 +37,10 @@ type sockhopShKey struct {
 }
 
 type sockhopShPending struct {
-	_     structs.HostLayout
-	Flags uint64
+	_        structs.HostLayout
+	Flags    uint64
+	ClientSk uint64
+	ServerSk uint64
 }
 
 type sockhopShPod struct {
@@ -47,11 +49,18 @@ type sockhopShPod struct {
 	Path         [256]int8
 }
 
+type sockhopShRx struct {
+	_     structs.HostLayout
+	Flags uint64
+	Reads uint64
+}
+
 type sockhopShSock struct {
-	_    structs.HostLayout
-	Peer sockhopShKey
-	Tx   uint32
-	_    [4]byte
+	_      structs.HostLayout
+	Peer   sockhopShKey
+	PeerSk uint64
+	Tx     uint32
+	Waits  uint32
 }
 
 type sockhopShStat uint32
@@ -66,46 +75,60 @@ const (
 	sockhopShStatSH_STAT_TX_NO_PEER      sockhopShStat = 6
 	sockhopShStatSH_STAT_TX_UNSAFE_RX    sockhopShStat = 7
 	sockhopShStatSH_STAT_TX_BACKPRESSURE sockhopShStat = 8
-	sockhopShStatSH_STAT_SKIP_DATA       sockhopShStat = 9
-	sockhopShStatSH_STAT_SKIP_REMOTE     sockhopShStat = 10
-	sockhopShStatSH_STAT_SKIP_EXCLUDED   sockhopShStat = 11
-	sockhopShStatSH_STAT_SKIP_NO_POD     sockhopShStat = 12
-	sockhopShStatSH_STAT_SKIP_NO_CLIENT  sockhopShStat = 13
-	sockhopShStatSH_STAT_SKIP_AMBIGUOUS  sockhopShStat = 14
-	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 15
-	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 16
-	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 17
-	sockhopShStatSH_STAT_MAX             sockhopShStat = 18
+	sockhopShStatSH_STAT_TX_SWITCH       sockhopShStat = 9
+	sockhopShStatSH_STAT_RX_UNSAFE       sockhopShStat = 10
+	sockhopShStatSH_STAT_RX_STRANDED     sockhopShStat = 11
+	sockhopShStatSH_STAT_TX_POISONED     sockhopShStat = 12
+	sockhopShStatSH_STAT_SKIP_HAZARD     sockhopShStat = 13
+	sockhopShStatSH_STAT_SKIP_DATA       sockhopShStat = 14
+	sockhopShStatSH_STAT_SKIP_REMOTE     sockhopShStat = 15
+	sockhopShStatSH_STAT_SKIP_EXCLUDED   sockhopShStat = 16
+	sockhopShStatSH_STAT_SKIP_NO_POD     sockhopShStat = 17
+	sockhopShStatSH_STAT_SKIP_NO_CLIENT  sockhopShStat = 18
+	sockhopShStatSH_STAT_SKIP_AMBIGUOUS  sockhopShStat = 19
+	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 20
+	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 21
+	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 22
+	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 23
+	sockhopShStatSH_STAT_MAX             sockhopShStat = 24
 )
 
 type sockhopShTx uint32
 
 const (
-	sockhopShTxSH_TX_PENDING      sockhopShTx = 0
+	sockhopShTxSH_TX_TCP          sockhopShTx = 0
 	sockhopShTxSH_TX_REDIRECT     sockhopShTx = 1
-	sockhopShTxSH_TX_TCP          sockhopShTx = 2
-	sockhopShTxSH_TX_NO_PEER      sockhopShTx = 2
-	sockhopShTxSH_TX_UNSAFE_RX    sockhopShTx = 3
-	sockhopShTxSH_TX_BACKPRESSURE sockhopShTx = 4
+	sockhopShTxSH_TX_BACKPRESSURE sockhopShTx = 2
+	sockhopShTxSH_TX_FINAL        sockhopShTx = 8
+	sockhopShTxSH_TX_NO_PEER      sockhopShTx = 8
+	sockhopShTxSH_TX_UNSAFE_RX    sockhopShTx = 9
+	sockhopShTxSH_TX_POISONED     sockhopShTx = 10
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockhopMapSockhopPending  = "sockhop_pending"
-	sockhopMapSockhopPodips   = "sockhop_podips"
-	sockhopMapSockhopPods     = "sockhop_pods"
-	sockhopMapSockhopSocks    = "sockhop_socks"
-	sockhopMapSockhopState    = "sockhop_state"
-	sockhopMapSockhopStats    = "sockhop_stats"
-	sockhopProgSockhopMsg     = "sockhop_msg"
-	sockhopProgSockhopSockops = "sockhop_sockops"
-	sockhopVarShAppReceivers  = "sh_app_receivers"
-	sockhopVarShBacklogLimit  = "sh_backlog_limit"
-	sockhopVarShProxyUids     = "sh_proxy_uids"
-	sockhopVarShStatBtf       = "sh_stat_btf"
-	sockhopVarShTxBtf         = "sh_tx_btf"
+	sockhopMapSockhopHazard    = "sockhop_hazard"
+	sockhopMapSockhopPending   = "sockhop_pending"
+	sockhopMapSockhopPodips    = "sockhop_podips"
+	sockhopMapSockhopPods      = "sockhop_pods"
+	sockhopMapSockhopRx        = "sockhop_rx"
+	sockhopMapSockhopSocks     = "sockhop_socks"
+	sockhopMapSockhopState     = "sockhop_state"
+	sockhopMapSockhopStats     = "sockhop_stats"
+	sockhopMapSockhopTrust     = "sockhop_trust"
+	sockhopProgSockhopMsg      = "sockhop_msg"
+	sockhopProgSockhopRecv     = "sockhop_recv"
+	sockhopProgSockhopSockops  = "sockhop_sockops"
+	sockhopProgSockhopSysenter = "sockhop_sysenter"
+	sockhopVarShAppReceivers   = "sh_app_receivers"
+	sockhopVarShBacklogLimit   = "sh_backlog_limit"
+	sockhopVarShGuard          = "sh_guard"
+	sockhopVarShProxyUids      = "sh_proxy_uids"
+	sockhopVarShRxBtf          = "sh_rx_btf"
+	sockhopVarShStatBtf        = "sh_stat_btf"
+	sockhopVarShTxBtf          = "sh_tx_btf"
 )
 
 // loadSockhop returns the embedded CollectionSpec for sockhop.
@@ -150,20 +173,25 @@ type sockhopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockhopProgramSpecs struct {
-	SockhopMsg     *ebpf.ProgramSpec `ebpf:"sockhop_msg"`
-	SockhopSockops *ebpf.ProgramSpec `ebpf:"sockhop_sockops"`
+	SockhopMsg      *ebpf.ProgramSpec `ebpf:"sockhop_msg"`
+	SockhopRecv     *ebpf.ProgramSpec `ebpf:"sockhop_recv"`
+	SockhopSockops  *ebpf.ProgramSpec `ebpf:"sockhop_sockops"`
+	SockhopSysenter *ebpf.ProgramSpec `ebpf:"sockhop_sysenter"`
 }
 
 // sockhopMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockhopMapSpecs struct {
+	SockhopHazard  *ebpf.MapSpec `ebpf:"sockhop_hazard"`
 	SockhopPending *ebpf.MapSpec `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.MapSpec `ebpf:"sockhop_podips"`
 	SockhopPods    *ebpf.MapSpec `ebpf:"sockhop_pods"`
+	SockhopRx      *ebpf.MapSpec `ebpf:"sockhop_rx"`
 	SockhopSocks   *ebpf.MapSpec `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.MapSpec `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.MapSpec `ebpf:"sockhop_stats"`
+	SockhopTrust   *ebpf.MapSpec `ebpf:"sockhop_trust"`
 }
 
 // sockhopVariableSpecs contains global variables before they are loaded into the kernel.
@@ -172,7 +200,9 @@ type sockhopMapSpecs struct {
 type sockhopVariableSpecs struct {
 	ShAppReceivers *ebpf.VariableSpec `ebpf:"sh_app_receivers"`
 	ShBacklogLimit *ebpf.VariableSpec `ebpf:"sh_backlog_limit"`
+	ShGuard        *ebpf.VariableSpec `ebpf:"sh_guard"`
 	ShProxyUids    *ebpf.VariableSpec `ebpf:"sh_proxy_uids"`
+	ShRxBtf        *ebpf.VariableSpec `ebpf:"sh_rx_btf"`
 	ShStatBtf      *ebpf.VariableSpec `ebpf:"sh_stat_btf"`
 	ShTxBtf        *ebpf.VariableSpec `ebpf:"sh_tx_btf"`
 }
@@ -197,22 +227,28 @@ func (o *sockhopObjects) Close() error {
 //
 // It can be passed to loadSockhopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockhopMaps struct {
+	SockhopHazard  *ebpf.Map `ebpf:"sockhop_hazard"`
 	SockhopPending *ebpf.Map `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.Map `ebpf:"sockhop_podips"`
 	SockhopPods    *ebpf.Map `ebpf:"sockhop_pods"`
+	SockhopRx      *ebpf.Map `ebpf:"sockhop_rx"`
 	SockhopSocks   *ebpf.Map `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.Map `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.Map `ebpf:"sockhop_stats"`
+	SockhopTrust   *ebpf.Map `ebpf:"sockhop_trust"`
 }
 
 func (m *sockhopMaps) Close() error {
 	return _SockhopClose(
+		m.SockhopHazard,
 		m.SockhopPending,
 		m.SockhopPodips,
 		m.SockhopPods,
+		m.SockhopRx,
 		m.SockhopSocks,
 		m.SockhopState,
 		m.SockhopStats,
+		m.SockhopTrust,
 	)
 }
 
@@ -222,7 +258,9 @@ func (m *sockhopMaps) Close() error {
 type sockhopVariables struct {
 	ShAppReceivers *ebpf.Variable `ebpf:"sh_app_receivers"`
 	ShBacklogLimit *ebpf.Variable `ebpf:"sh_backlog_limit"`
+	ShGuard        *ebpf.Variable `ebpf:"sh_guard"`
 	ShProxyUids    *ebpf.Variable `ebpf:"sh_proxy_uids"`
+	ShRxBtf        *ebpf.Variable `ebpf:"sh_rx_btf"`
 	ShStatBtf      *ebpf.Variable `ebpf:"sh_stat_btf"`
 	ShTxBtf        *ebpf.Variable `ebpf:"sh_tx_btf"`
 }
@@ -231,14 +269,18 @@ type sockhopVariables struct {
 //
 // It can be passed to loadSockhopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockhopPrograms struct {
-	SockhopMsg     *ebpf.Program `ebpf:"sockhop_msg"`
-	SockhopSockops *ebpf.Program `ebpf:"sockhop_sockops"`
+	SockhopMsg      *ebpf.Program `ebpf:"sockhop_msg"`
+	SockhopRecv     *ebpf.Program `ebpf:"sockhop_recv"`
+	SockhopSockops  *ebpf.Program `ebpf:"sockhop_sockops"`
+	SockhopSysenter *ebpf.Program `ebpf:"sockhop_sysenter"`
 }
 
 func (p *sockhopPrograms) Close() error {
 	return _SockhopClose(
 		p.SockhopMsg,
+		p.SockhopRecv,
 		p.SockhopSockops,
+		p.SockhopSysenter,
 	)
 }
 

@@ -21,23 +21,19 @@ const headerBytes = 24 // the stream header each client sends first
 
 // wantPaired checks that both ends of every connection were paired and
 // bytes were redirected; every byte arriving in order the streams check.
-// A direction may still go through TCP: after its receiver fell behind
-// (back-pressure), or when the client's first send raced ahead of the
-// server end's pairing (no_peer: correct, and rare — the server pairs while
-// it processes the handshake's last ACK). Only when neither happened must
-// every byte have been redirected. (TCPBytes counts per verdict and can miss
-// bytes the kernel pushes under one verdict, so it is not summed here.)
+// Each direction starts on TCP and switches to redirect once its receiver
+// has read all of it (docs/datapath.md), so some bytes always go through
+// TCP; every connection's directions must have switched at least once
+// (the stream clients and servers read with plain reads), and nothing may
+// be kept on TCP for its receiver.
 func wantPaired(t *testing.T, d delta, conns int, bytesEach int64) {
 	t.Helper()
 	max := uint64(conns) * uint64(2*bytesEach+headerBytes)
 	if d.paired != uint64(2*conns) || d.redirBytes == 0 || d.redirBytes > max || d.pass[datapath.ReasonUnsafeRx] != 0 {
 		t.Fatalf("want %d sockets paired and up to %d bytes redirected: %v", 2*conns, max, d)
 	}
-	if d.pass[datapath.ReasonNoPeer] >= uint64(conns) {
-		t.Fatalf("every connection's first send raced its pairing: %v", d)
-	}
-	if d.pass[datapath.ReasonBackpressure] == 0 && d.pass[datapath.ReasonNoPeer] == 0 && d.redirBytes != max {
-		t.Fatalf("no direction fell behind or raced, yet %d of %d bytes were redirected", d.redirBytes, max)
+	if d.switches < uint64(conns) {
+		t.Fatalf("fewer directions switched to redirect than there are connections: %v", d)
 	}
 	t.Logf("%v", d)
 }
