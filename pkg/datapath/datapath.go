@@ -34,7 +34,7 @@ const (
 	// The receive-side tracepoints: node-wide, attached once.
 	recvLinkID     = "tp-sock_recv_length"
 	sysenterLinkID = "tp-sys_enter"
-	noUID     = 0xffffffff
+	noUID          = 0xffffffff
 )
 
 // Options configure Load.
