@@ -227,23 +227,25 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 }
 
 // appReceivers decides whether application sockets may receive redirected
-// data: "auto" runs the hazard self-test and allows it only on a kernel
-// where neither splice nor MSG_WAITALL misses redirected data.
+// data. "auto" (the default) allows it: the datapath's receiver guard keeps
+// a direction on TCP until its receiver has been seen reading with recvmsg,
+// and never redirects into one that splices or waits for all
+// (docs/hazards.md). It also runs the hazard self-test, whose report says
+// which of those hazards this kernel has. "false" redirects into
+// proxy-owned sockets only.
 func appReceivers(ctx context.Context, mode string, logger logr.Logger) bool {
 	if mode != "auto" {
 		return mode == "true"
 	}
 	rep, err := datapath.SelfTest(ctx)
 	if err != nil {
-		logger.Error(err, "hazard self-test failed; redirecting into proxy-owned sockets only")
-		return false
+		logger.Error(err, "hazard self-test failed")
 	}
-	safe := rep.AppReceiversSafe()
 	for _, r := range rep.Results {
 		logger.Info("redirect hazard self-test", "hazard", r.Hazard, "status", r.Status, "detail", r.Detail)
 	}
-	logger.Info("receiver policy chosen", "appReceivers", safe)
-	return safe
+	logger.Info("receiver policy chosen", "appReceivers", true, "guard", "receivers seen reading with recvmsg, never splicers or MSG_WAITALL readers")
+	return true
 }
 
 // daemonSetWatch remembers whether the agent's own DaemonSet was seen being

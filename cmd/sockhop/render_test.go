@@ -62,7 +62,7 @@ func TestStatusTable(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"sockops 0123456789abcdef, sk_msg fedcba9876543210",
-		"proxy uids [1337] only",
+		"proxy uids [1337] seen reading with recvmsg",
 		"3.0 MiB unread per receiver",
 		"ATTACHED CGROUPS: 2",
 		"8b4c1d2e-3f40-4a5b-9c6d-7e8f90a1b2c3",
@@ -73,7 +73,7 @@ func TestStatusTable(t *testing.T) {
 		"excluded_port=3 remote=12",
 		"failed map operations",
 		"splice",
-		"not safe",
+		"the receiver guard keeps such readers on TCP",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status table lacks %q:\n%s", want, out)

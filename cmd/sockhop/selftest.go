@@ -63,9 +63,9 @@ func hazardLines(rep *datapath.SelfTestReport, err error) []doctorLine {
 	if err == nil {
 		l := doctorLine{Check: "app receivers", Level: levelInfo}
 		if rep.AppReceiversSafe() {
-			l.Detail = "redirecting into application sockets is safe on this kernel (splice and MSG_WAITALL see redirected data)"
+			l.Detail = "splice and MSG_WAITALL see redirected data on this kernel"
 		} else {
-			l.Detail = "redirecting into application sockets is not safe on this kernel: keep the default (sidecar proxies only)"
+			l.Detail = "splice or MSG_WAITALL miss redirected data on this kernel: the receiver guard keeps such readers on TCP"
 		}
 		lines = append(lines, l)
 	}

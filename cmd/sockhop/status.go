@@ -90,7 +90,8 @@ type statusReport struct {
 	// Hazards is the self-test on the running kernel (absent when skipped).
 	Hazards      []hazardView `json:"hazards,omitempty"`
 	HazardsError string       `json:"hazards_error,omitempty"`
-	// AppReceiversSafe: redirecting into application sockets (not only
+	// AppReceiversSafe: splice and MSG_WAITALL see redirected data on this
+	// kernel, so that even an unguarded redirect into any socket (not only
 	// sidecar proxies') is safe on this kernel.
 	AppReceiversSafe *bool `json:"app_receivers_safe,omitempty"`
 }
@@ -123,6 +124,10 @@ type countersView struct {
 	RedirectedBytes    uint64            `json:"redirected_bytes"`
 	TCPMessages        uint64            `json:"tcp_messages"`
 	TCPBytes           uint64            `json:"tcp_bytes"`
+	Switches           uint64            `json:"switches_to_redirect"`
+	UnsafeReceivers    uint64            `json:"unsafe_receivers"`
+	Stranded           uint64            `json:"stranded_receivers"`
+	Poisoned           uint64            `json:"poisoned_directions"`
 	Passthrough        map[string]uint64 `json:"passthrough"`
 	MapErrors          map[string]uint64 `json:"map_errors"`
 }
@@ -155,6 +160,7 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 	rep.Counters = countersView{
 		PairedSockets: c.PairedSockets, RedirectedMessages: c.RedirectedMessages, RedirectedBytes: c.RedirectedBytes,
 		TCPMessages: c.TCPMessages, TCPBytes: c.TCPBytes, Passthrough: c.Passthrough, MapErrors: c.MapErrors,
+		Switches: c.Switches, UnsafeReceivers: c.UnsafeReceivers, Stranded: c.Stranded, Poisoned: c.Poisoned,
 	}
 	if rep.SocketsInMap, err = src.Sockets(); err != nil {
 		return rep, err
@@ -168,9 +174,9 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	tw := newTable(w)
 	fmt.Fprintf(tw, "  programs\tsockops %s, sk_msg %s\n", dash(dp.SockopsTag), dash(dp.MsgTag))
 	if dp.AppReceivers {
-		fmt.Fprintf(tw, "  receivers\tany socket (splice/MSG_WAITALL guard off)\n")
+		fmt.Fprintf(tw, "  receivers\tany socket seen reading with recvmsg; never a splicer or MSG_WAITALL reader (guarded)\n")
 	} else {
-		fmt.Fprintf(tw, "  receivers\tsockets of proxy uids %v only (splice/MSG_WAITALL guarded)\n", dp.ProxyUIDs)
+		fmt.Fprintf(tw, "  receivers\tsockets of proxy uids %v seen reading with recvmsg; never a splicer or MSG_WAITALL reader (guarded)\n", dp.ProxyUIDs)
 	}
 	if dp.BacklogLimit > 0 {
 		fmt.Fprintf(tw, "  back-pressure bound\t%s unread per receiver (guarded)\n", bytesText(uint64(dp.BacklogLimit)))
@@ -205,6 +211,9 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	fmt.Fprintf(tw, "  paired sockets\t%d\n", c.PairedSockets)
 	fmt.Fprintf(tw, "  redirected\t%d messages, %s\n", c.RedirectedMessages, bytesText(c.RedirectedBytes))
 	fmt.Fprintf(tw, "  paired sockets' sends through TCP\t%d messages, %s\n", c.TCPMessages, bytesText(c.TCPBytes))
+	fmt.Fprintf(tw, "  directions switched to redirect\t%d\n", c.Switches)
+	fmt.Fprintf(tw, "  receivers seen splicing or waiting for all\t%d (%d with redirected bytes unread, %d directions kept on redirect for them)\n",
+		c.UnsafeReceivers, c.Stranded, c.Poisoned)
 	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", countsText(c.Passthrough))
 	fmt.Fprintf(tw, "  failed map operations\t%s\n", countsText(c.MapErrors))
 	if err := tw.Flush(); err != nil {
@@ -227,9 +236,9 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	}
 	if rep.AppReceiversSafe != nil {
 		if *rep.AppReceiversSafe {
-			fmt.Fprintln(w, "  redirecting into application sockets is safe on this kernel")
+			fmt.Fprintln(w, "  splice and MSG_WAITALL see redirected data on this kernel")
 		} else {
-			fmt.Fprintln(w, "  redirecting into application sockets is not safe on this kernel: only sidecar-proxy receivers are")
+			fmt.Fprintln(w, "  splice or MSG_WAITALL miss redirected data on this kernel: the receiver guard keeps such readers on TCP")
 		}
 	}
 	return nil

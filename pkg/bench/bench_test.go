@@ -60,7 +60,7 @@ func TestQuickSuite(t *testing.T) {
 	}
 	for _, c := range rep.Cases {
 		if c.Policy == bench.PolicyProxyReceivers && c.Kind == bench.KindPingPong {
-			// Default policy: the echo back into the app (uid 0) stays on TCP.
+			// Proxy receivers only: the echo back into the app (uid 0) stays on TCP.
 			if c.Sum(bench.ModeOn).Passthrough[datapath.ReasonUnsafeRx] == 0 {
 				t.Errorf("case %s: the reply into the app was not counted as unsafe_receiver: %+v", c.ID, c.Sum(bench.ModeOn))
 			}

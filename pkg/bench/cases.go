@@ -40,7 +40,7 @@ func suiteCases() []caseSpec {
 			cs = append(cs, caseSpec{
 				id: fmt.Sprintf("pingpong-%s-%s", pl, sizeName(s)), kind: KindPingPong, size: s, placement: pl,
 				description: fmt.Sprintf("ping-pong %s, %s, one pod over loopback", sizeName(s), placementText(pl)),
-				policy:      PolicyAppReceivers, expect: ExpectRedirect,
+				policy:      PolicyDefault, expect: ExpectRedirect,
 			})
 		}
 	}
@@ -48,7 +48,7 @@ func suiteCases() []caseSpec {
 		cs = append(cs, caseSpec{
 			id: "chain-1cpu-" + sizeName(s), kind: KindChain, size: s, placement: "1cpu",
 			description: fmt.Sprintf("client → relay → server ping-pong %s, one pod, one CPU", sizeName(s)),
-			policy:      PolicyAppReceivers, expect: ExpectRedirect, serverUID: proxyUID,
+			policy:      PolicyDefault, expect: ExpectRedirect, serverUID: proxyUID,
 		})
 	}
 	for _, pl := range []string{"2cpu", "1cpu"} {
@@ -56,7 +56,7 @@ func suiteCases() []caseSpec {
 			cs = append(cs, caseSpec{
 				id: fmt.Sprintf("bulk-%s-%s", pl, sizeName(s)), kind: KindBulk, size: s, placement: pl,
 				description: fmt.Sprintf("bulk send in %s writes into a sink, %s", sizeName(s), placementText(pl)),
-				policy:      PolicyAppReceivers, expect: ExpectRedirect,
+				policy:      PolicyDefault, expect: ExpectRedirect,
 			})
 		}
 	}
@@ -64,24 +64,41 @@ func suiteCases() []caseSpec {
 		caseSpec{
 			id: "connrate-1cpu", kind: KindConnRate, size: 1, placement: "1cpu",
 			description: "connect, 1-byte round trip, close; one pod, one CPU",
-			policy:      PolicyAppReceivers, expect: ExpectRedirect,
+			policy:      PolicyDefault, expect: ExpectPaired,
 		},
 		caseSpec{
 			id: "unpaired-1cpu-64B", kind: KindUnpaired, size: 64, placement: "1cpu",
 			description: "ping-pong 64 B from an attached pod to a server in another namespace over a veth (not a pod IP)",
-			policy:      PolicyAppReceivers, expect: ExpectRemote,
+			policy:      PolicyDefault, expect: ExpectRemote,
 		},
+	)
+	for _, s := range []int{64, 1 << 10, 16 << 10} {
+		cs = append(cs, caseSpec{
+			id: "app-proxy-pingpong-1cpu-" + sizeName(s), kind: KindPingPong, size: s, placement: "1cpu",
+			description: fmt.Sprintf("app (uid 0) ping-pong %s with a uid-1337 server (its sidecar), default options: both directions redirected", sizeName(s)),
+			policy:      PolicyDefault, expect: ExpectRedirect, serverUID: proxyUID,
+		})
+	}
+	cs = append(cs,
 		caseSpec{
-			id: "app-proxy-pingpong-1cpu-1KiB", kind: KindPingPong, size: 1 << 10, placement: "1cpu",
-			description: "app (uid 0) ping-pong 1 KiB to a uid-1337 server, default receiver policy: only app → proxy is redirected",
+			id: "app-proxy-pingpong-1cpu-1KiB-proxyonly", kind: KindPingPong, size: 1 << 10, placement: "1cpu",
+			description: "the same with --app-receivers=false: only app → proxy is redirected",
 			policy:      PolicyProxyReceivers, expect: ExpectRedirect, serverUID: proxyUID,
 		},
 		caseSpec{
 			id: "app-proxy-bulk-2cpu-64KiB", kind: KindBulk, size: 64 << 10, placement: "2cpu",
-			description: "app (uid 0) bulk send in 64 KiB writes to a uid-1337 sink, default receiver policy",
-			policy:      PolicyProxyReceivers, expect: ExpectRedirect, serverUID: proxyUID,
+			description: "app (uid 0) bulk send in 64 KiB writes to a uid-1337 sink, default options",
+			policy:      PolicyDefault, expect: ExpectRedirect, serverUID: proxyUID,
 		},
 	)
+	// The mechanism alone, next to the defaults: no receiver guard.
+	for _, s := range []int{64, 16 << 10} {
+		cs = append(cs, caseSpec{
+			id: "pingpong-1cpu-" + sizeName(s) + "-mechanism", kind: KindPingPong, size: s, placement: "1cpu",
+			description: fmt.Sprintf("ping-pong %s, both ends on CPU 0, mechanism alone (no receiver guard)", sizeName(s)),
+			policy:      PolicyMechanism, expect: ExpectRedirect,
+		})
+	}
 	return cs
 }
 

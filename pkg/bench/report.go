@@ -44,14 +44,20 @@ const (
 
 // Receiver policies (the datapath Options a case ran with).
 const (
-	PolicyAppReceivers   = "app-receivers"   // Options{AppReceivers: true}
-	PolicyProxyReceivers = "proxy-receivers" // default Options: redirect into uid 1337/2102/5678 only
-	PolicyUnbounded      = "app-receivers, no backlog limit"
+	// PolicyDefault is what the agent runs with by default: any receiver,
+	// behind the receiver guard, with the back-pressure bound.
+	PolicyDefault = "default"
+	// PolicyMechanism is the redirect alone: every direction from its
+	// first byte, no receiver guard (Options.Unguarded), bounded.
+	PolicyMechanism      = "mechanism"
+	PolicyProxyReceivers = "proxy-receivers" // --app-receivers=false: redirect into uid 1337/2102/5678 only, guarded
+	PolicyUnbounded      = "mechanism, no backlog limit"
 )
 
 // What a case's ON rounds must show in the counters.
 const (
 	ExpectRedirect = "redirect" // ON rounds redirect bytes
+	ExpectPaired   = "paired"   // ON rounds pair sockets (short connections need not redirect)
 	ExpectRemote   = "remote"   // ON rounds redirect nothing and count remote passthrough
 )
 
@@ -203,6 +209,10 @@ func (c CaseResult) verify() error {
 		case c.Expect == ExpectRedirect:
 			if cs.RedirectedBytes == 0 || cs.PairedSockets == 0 {
 				errs = append(errs, fmt.Errorf("round %d (on): nothing was redirected: %+v", i, cs))
+			}
+		case c.Expect == ExpectPaired:
+			if cs.PairedSockets == 0 {
+				errs = append(errs, fmt.Errorf("round %d (on): nothing was paired: %+v", i, cs))
 			}
 		case c.Expect == ExpectRemote:
 			if cs.RedirectedBytes != 0 || cs.PairedSockets != 0 || cs.Passthrough[datapath.ReasonRemote] == 0 {

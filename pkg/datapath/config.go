@@ -23,12 +23,13 @@ type pinnedConfig struct {
 	ProxyUIDs    [4]uint32
 	AppReceivers uint32
 	BacklogLimit uint32 // 0: unbounded
+	Unguarded    uint32
 }
 
 func configSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{
 		Name: configMap, Type: ebpf.Array, KeySize: 4, MaxEntries: 1,
-		ValueSize: 24, Pinning: ebpf.PinByName,
+		ValueSize: 28, Pinning: ebpf.PinByName,
 	}
 }
 
@@ -41,11 +42,15 @@ func toPinned(o Options) pinnedConfig {
 	if o.BacklogLimit > 0 {
 		c.BacklogLimit = uint32(o.BacklogLimit)
 	}
+	if o.Unguarded {
+		c.Unguarded = 1
+	}
 	return c
 }
 
 func fromPinned(pinDir string, c pinnedConfig) Options {
-	o := Options{PinDir: pinDir, AppReceivers: c.AppReceivers != 0, BacklogLimit: int(c.BacklogLimit), ProxyUIDs: []uint32{}}
+	o := Options{PinDir: pinDir, AppReceivers: c.AppReceivers != 0, BacklogLimit: int(c.BacklogLimit), ProxyUIDs: []uint32{},
+		Unguarded: c.Unguarded != 0}
 	if o.BacklogLimit == 0 {
 		o.BacklogLimit = -1
 	}

@@ -54,9 +54,12 @@ type Options struct {
 	// DefaultBacklogLimit, a negative value means unbounded.
 	BacklogLimit int
 
-	// noGuard (tests only, see export_test.go) redirects a direction from
-	// its first byte, whatever its receiver does.
-	noGuard bool
+	// Unguarded redirects every direction from its first byte, whatever
+	// its receiver does: the mechanism alone, for benchmarks and for the
+	// hazard tests that show what the guard prevents. Unsafe for
+	// receivers that splice or read with MSG_WAITALL (docs/hazards.md);
+	// the agent never sets it.
+	Unguarded bool
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -157,7 +160,7 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 		appRx = 1
 	}
 	guard := uint8(1)
-	if opts.noGuard {
+	if opts.Unguarded {
 		guard = 0
 	}
 	for name, v := range map[string]any{

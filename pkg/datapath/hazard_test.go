@@ -45,12 +45,12 @@ func hazardOptions(t testing.TB) datapath.Options {
 	case "":
 		return opts
 	case "receiver-guard":
-		opts = datapath.WithoutReceiverGuard(opts)
+		opts.Unguarded = true
 	case "backpressure":
 		opts.BacklogLimit = -1
 	case "both":
 		opts.BacklogLimit = -1
-		opts = datapath.WithoutReceiverGuard(opts)
+		opts.Unguarded = true
 	default:
 		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-class, backpressure or both", g)
 	}

@@ -117,7 +117,7 @@ func plural(n int, word string) string {
 func points(rep bench.Report, kind, placement, metric string) []Point {
 	var cs []bench.CaseResult
 	for _, c := range rep.Cases {
-		if c.Kind == kind && c.Placement == placement && c.Policy == bench.PolicyAppReceivers && c.Error == "" {
+		if c.Kind == kind && c.Placement == placement && c.Policy == bench.PolicyDefault && c.Error == "" {
 			cs = append(cs, c)
 		}
 	}

@@ -16,21 +16,21 @@ func report() bench.Report {
 	rep := bench.Report{Rounds: 3, Machine: bench.Machine{Kernel: "6.18.44", CPUs: 2}}
 	lat := func(size int, off, on float64) bench.CaseResult {
 		return bench.CaseResult{ID: "pingpong-1cpu", Kind: bench.KindPingPong, Placement: "1cpu", Size: size,
-			Policy: bench.PolicyAppReceivers, Metrics: []bench.Metric{
+			Policy: bench.PolicyDefault, Metrics: []bench.Metric{
 				{Name: "p50", Unit: "us", Off: off, On: on, Ratio: off / on, LowerIsBetter: true},
 				{Name: "p99", Unit: "us", Off: off * 2, On: on * 2, Ratio: off / on, LowerIsBetter: true},
 			}}
 	}
 	thr := func(pl string, size int, off, on float64) bench.CaseResult {
 		return bench.CaseResult{ID: "bulk-" + pl, Kind: bench.KindBulk, Placement: pl, Size: size,
-			Policy: bench.PolicyAppReceivers, Metrics: []bench.Metric{
+			Policy: bench.PolicyDefault, Metrics: []bench.Metric{
 				{Name: "throughput", Unit: "MiB/s", Off: off, On: on, Ratio: on / off},
 			}}
 	}
 	rep.Cases = []bench.CaseResult{
 		lat(64, 14.0, 8.2), lat(1<<10, 15.1, 8.6), lat(16<<10, 19.5, 10.9), lat(64<<10, 31, 15.6),
 		// Other placements and policies must not be drawn.
-		{ID: "pingpong-2cpu", Kind: bench.KindPingPong, Placement: "2cpu", Size: 64, Policy: bench.PolicyAppReceivers,
+		{ID: "pingpong-2cpu", Kind: bench.KindPingPong, Placement: "2cpu", Size: 64, Policy: bench.PolicyDefault,
 			Metrics: []bench.Metric{{Name: "p50", Off: 999, On: 999, Ratio: 1}}},
 		thr("2cpu", 1<<10, 310, 360), thr("2cpu", 4<<10, 1020, 1250), thr("2cpu", 16<<10, 2400, 3050),
 		thr("2cpu", 64<<10, 3500, 7000), thr("2cpu", 256<<10, 3900, 8100),
