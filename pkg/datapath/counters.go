@@ -3,6 +3,8 @@ package datapath
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/cilium/ebpf"
 )
 
 // Counters are the datapath's totals since it was first loaded on this node.
@@ -112,4 +114,33 @@ func (d *Datapath) Sockets() (int, error) {
 		return n, fmt.Errorf("list sockhash: %w", err)
 	}
 	return n, nil
+}
+
+// Learnt is what the receiver guard has learnt of the node's cgroups
+// (containers): those seen splicing or reading with MSG_WAITALL on a paired
+// socket, whose later sockets are not paired, and those whose paired
+// sockets were read safely all their life, whose new connections are
+// redirected from their first byte.
+type Learnt struct {
+	Hazardous []uint64 // cgroup ids
+	Trusted   []uint64
+}
+
+// Learnt lists the cgroups the receiver guard has learnt about.
+func (d *Datapath) Learnt() (Learnt, error) {
+	var l Learnt
+	for _, m := range []struct {
+		mp  interface{ Iterate() *ebpf.MapIterator }
+		ids *[]uint64
+	}{{d.objs.SockhopHazard, &l.Hazardous}, {d.objs.SockhopTrust, &l.Trusted}} {
+		var id, v uint64
+		iter := m.mp.Iterate()
+		for iter.Next(&id, &v) {
+			*m.ids = append(*m.ids, id)
+		}
+		if err := iter.Err(); err != nil {
+			return l, fmt.Errorf("list learnt cgroups: %w", err)
+		}
+	}
+	return l, nil
 }
