@@ -55,6 +55,7 @@ type config struct {
 	cgroupDriver       string
 	proxyUIDs          string
 	appReceivers       string // auto, true, false
+	maxConnections     int
 	metricsAddr        string
 	probeAddr          string
 	uninstallOnDelete  bool
@@ -74,8 +75,10 @@ func bindFlags(fs *flag.FlagSet) *config {
 	fs.StringVar(&c.cgroupDriver, "cgroup-driver", "", "kubelet's cgroup driver, cgroupfs or systemd (default: detected)")
 	fs.StringVar(&c.cgroup.CgroupRoot, "cgroup-root", "", "kubelet's --cgroup-root (default: /)")
 	fs.StringVar(&c.appReceivers, "app-receivers", "auto",
-		"redirect into application sockets too: auto (only where the hazard self-test passes), true or false")
-	fs.StringVar(&c.proxyUIDs, "proxy-uids", "1337,2102,5678", "comma-separated uids of sidecar proxies, whose sockets are always safe to redirect into")
+		"redirect into application sockets too, behind the receiver guard: auto or true (the same), or false (proxy-owned sockets only)")
+	fs.StringVar(&c.proxyUIDs, "proxy-uids", "1337,2102,5678", "comma-separated uids of sidecar proxies (the receivers --app-receivers=false allows)")
+	fs.IntVar(&c.maxConnections, "max-connections", datapath.DefaultMaxConnections,
+		"connections the node's maps can pair at once; past it new ones stay on TCP (changing it replaces the maps; live connections carry on)")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
 	fs.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz")
 	fs.BoolVar(&c.uninstallOnDelete, "uninstall-on-delete", true,
@@ -157,7 +160,7 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 	// stays up, unready, says why once, and every pod keeps plain TCP.
 	var degraded error
 	dp, err := datapath.Load(datapath.Options{PinDir: c.bpffsDir, ProxyUIDs: proxyUIDs,
-		AppReceivers: appReceivers(ctx, c.appReceivers, logger)})
+		AppReceivers: appReceivers(ctx, c.appReceivers, logger), MaxConnections: c.maxConnections})
 	var fe *datapath.FeatureError
 	switch {
 	case errors.As(err, &fe):

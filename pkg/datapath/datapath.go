@@ -22,6 +22,11 @@ const DefaultPinDir = "/sys/fs/bpf/sockhop"
 // Linkerd's proxy (2102) and Kuma's Envoy (5678).
 var DefaultProxyUIDs = []uint32{1337, 2102, 5678}
 
+// DefaultMaxConnections is how many concurrent paired connections a node's
+// maps hold by default: each is two sockets in the sockhash and in
+// sockhop_rx, and one pending entry while it is being paired.
+const DefaultMaxConnections = 131072
+
 // DefaultBacklogLimit is how many redirected bytes a receiver may leave
 // unread before its sender's direction goes back to TCP, whose window then
 // holds the sender back (docs/hazards.md).
@@ -53,6 +58,11 @@ type Options struct {
 	// BacklogLimit bounds the unread redirected bytes per receiver; 0 means
 	// DefaultBacklogLimit, a negative value means unbounded.
 	BacklogLimit int
+	// MaxConnections sizes the maps: how many connections can be paired at
+	// once on the node (0: DefaultMaxConnections). Past it new connections
+	// stay on TCP (counted as failed sockhash operations). Changing it on a
+	// node replaces the maps (see Load).
+	MaxConnections int
 
 	// Unguarded redirects every direction from its first byte, whatever
 	// its receiver does: the mechanism alone, for benchmarks and for the
@@ -77,6 +87,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.BacklogLimit > 1<<31 {
 		return o, fmt.Errorf("backlog limit %d is larger than 2 GiB", o.BacklogLimit)
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = DefaultMaxConnections
+	}
+	if o.MaxConnections < 1 || o.MaxConnections > 1<<22 {
+		return o, fmt.Errorf("max connections %d: want 1 to %d", o.MaxConnections, 1<<22)
 	}
 	return o, nil
 }
@@ -120,17 +136,26 @@ func Load(opts Options) (*Datapath, error) {
 		})
 	}
 	err = load()
+	var carried []carriedMap
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// Another sockhop version (or capacity) left maps of another
 		// layout: start new ones. Established connections keep the
 		// program they were paired under, and through it the old maps.
-		if rerr := retireMaps(opts.PinDir); rerr != nil {
+		// What the agent configured (pods, pod IPs) is carried over.
+		var rerr error
+		if carried, rerr = retireMaps(opts.PinDir, spec); rerr != nil {
 			return nil, fmt.Errorf("replace the incompatible maps in %s: %w", opts.PinDir, rerr)
 		}
 		err = load()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load sockhop BPF objects: %w", verifierError(err))
+	}
+	for _, c := range carried {
+		if err := c.restore(&d.objs); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	if err := d.relink(); err != nil {
 		d.Close()
@@ -148,6 +173,17 @@ func newSpec(opts Options) (*ebpf.CollectionSpec, error) {
 	spec, err := loadSockhop()
 	if err != nil {
 		return nil, fmt.Errorf("parse BPF objects: %w", err)
+	}
+	// Capacity: two sockets per connection, one pending entry while one
+	// is being paired.
+	conns := uint32(opts.MaxConnections)
+	if conns == 0 {
+		conns = DefaultMaxConnections
+	}
+	for name, n := range map[string]uint32{
+		sockhopMapSockhopSocks: 2 * conns, sockhopMapSockhopRx: 2 * conns, sockhopMapSockhopPending: conns,
+	} {
+		spec.Maps[name].MaxEntries = n
 	}
 	uids := [4]uint32{noUID, noUID, noUID, noUID}
 	copy(uids[:], opts.ProxyUIDs)
@@ -271,19 +307,58 @@ func (d *Datapath) relinkTracing(pin string, prog *ebpf.Program) error {
 	return nil
 }
 
+// carriedMap is the content of a configuration map of a retired datapath.
+type carriedMap struct {
+	name       string
+	keys, vals [][]byte
+}
+
+func (c carriedMap) restore(objs *sockhopObjects) error {
+	m := map[string]*ebpf.Map{sockhopMapSockhopPods: objs.SockhopPods, sockhopMapSockhopPodips: objs.SockhopPodips}[c.name]
+	for i := range c.keys {
+		if err := m.Put(c.keys[i], c.vals[i]); err != nil {
+			return fmt.Errorf("carry %s over to the new maps: %w", c.name, err)
+		}
+	}
+	return nil
+}
+
 // retireMaps unpins the maps and the sk_msg link of an incompatible
-// datapath. The maps live on while a program uses them: the psocks of
-// established connections hold the sk_msg program they were paired under,
-// so those connections carry on as before; new ones use the new maps.
-func retireMaps(pinDir string) error {
+// datapath, keeping the content of its configuration maps (attached pods,
+// pod IPs) where their layout is still the new one's. The maps live on
+// while a program uses them: the psocks of established connections hold
+// the sk_msg program they were paired under, so those connections carry on
+// as before; new ones use the new maps.
+func retireMaps(pinDir string, spec *ebpf.CollectionSpec) ([]carriedMap, error) {
+	var carried []carriedMap
+	for _, name := range []string{sockhopMapSockhopPods, sockhopMapSockhopPodips} {
+		old, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, mapsDir, name), nil)
+		if err != nil {
+			continue // absent, or unreadable: start empty
+		}
+		want := spec.Maps[name]
+		if old.KeySize() == want.KeySize && old.ValueSize() == want.ValueSize {
+			c := carriedMap{name: name}
+			k, v := make([]byte, old.KeySize()), make([]byte, old.ValueSize())
+			iter := old.Iterate()
+			for iter.Next(&k, &v) {
+				c.keys = append(c.keys, append([]byte(nil), k...))
+				c.vals = append(c.vals, append([]byte(nil), v...))
+			}
+			if iter.Err() == nil {
+				carried = append(carried, c)
+			}
+		}
+		old.Close()
+	}
 	if err := os.RemoveAll(filepath.Join(pinDir, mapsDir)); err != nil {
-		return err
+		return nil, err
 	}
 	msgPin := filepath.Join(pinDir, linksDir, msgLinkID)
 	if err := os.Remove(msgPin); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return nil, err
 	}
-	return os.MkdirAll(filepath.Join(pinDir, mapsDir), 0o700)
+	return carried, os.MkdirAll(filepath.Join(pinDir, mapsDir), 0o700)
 }
 
 // Close releases this process's handles. Pins, links and the sockets in

@@ -418,9 +418,9 @@ func TestHazardTCPInfo(t *testing.T) {
 
 // BenchmarkGuardCost measures what the guards cost on the hot path:
 // ping-pong p50 at 64 B and 64 KiB, client and echo server on one CPU, the
-// app sending into a proxy-owned receiver (uid 1337), with the default
-// back-pressure bound and without it (and, for reference, without attach
-// and with application receivers, where both directions are redirected).
+// app (uid 1000) and a proxy-owned echo server (uid 1337), with the default
+// options, the mechanism without the receiver guard, without the bound
+// too, and with proxy receivers only (and, for reference, without attach).
 // Rounds alternate the configurations; each figure is the median of the
 // rounds' p50s. Run: go test -run '^$' -bench GuardCost -benchtime 1x ./pkg/datapath
 func BenchmarkGuardCost(b *testing.B) {
@@ -431,10 +431,10 @@ func BenchmarkGuardCost(b *testing.B) {
 		attach bool
 	}{
 		{"off", datapath.Options{}, false},
-		{"bounded", datapath.Options{}, true},
-		{"unbounded", datapath.Options{BacklogLimit: -1}, true},
-		{"appRx-bounded", datapath.Options{AppReceivers: true}, true},
-		{"appRx-unbounded", datapath.Options{AppReceivers: true, BacklogLimit: -1}, true},
+		{"default", datapath.Options{AppReceivers: true}, true},
+		{"mechanism", datapath.Options{AppReceivers: true, Unguarded: true}, true},
+		{"unbounded", datapath.Options{AppReceivers: true, Unguarded: true, BacklogLimit: -1}, true},
+		{"proxy-only", datapath.Options{}, true},
 	}
 	type setup struct {
 		e *env
@@ -486,8 +486,12 @@ func BenchmarkGuardCost(b *testing.B) {
 		tab.WriteString("\n")
 	}
 	for _, sz := range sizes {
-		bo, un := median(p50s["bounded/"+sz.label]), median(p50s["unbounded/"+sz.label])
-		fmt.Fprintf(&tab, "bound cost at %s: %+.2f µs (%+.1f%%)\n", sz.label, bo-un, 100*(bo-un)/un)
+		for _, d := range []struct{ what, with, without string }{
+			{"receiver guard", "default", "mechanism"}, {"bound", "mechanism", "unbounded"},
+		} {
+			w, wo := median(p50s[d.with+"/"+sz.label]), median(p50s[d.without+"/"+sz.label])
+			fmt.Fprintf(&tab, "%s cost at %s: %+.2f µs (%+.1f%%)\n", d.what, sz.label, w-wo, 100*(w-wo)/wo)
+		}
 	}
 	b.Log("\n" + tab.String())
 }

@@ -435,3 +435,81 @@ func TestAttachmentsWhileDetaching(t *testing.T) {
 		}
 	}
 }
+
+// Capacity: past MaxConnections new connections are not paired — they
+// fail open to TCP, counted as failed sockhash operations — and every
+// byte still arrives.
+func TestCapacityFailsOpen(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 4})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	before := e.counters()
+	// 16 connections open at once: the sockhash holds 8 sockets.
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 16, Parallel: 16, Bytes: 4 << 20, MaxWrite: 64 << 10}
+	mustOK(t, e.client(p, 0, spec), spec.Conns, spec.Bytes)
+	after := e.counters()
+	d := diff(before, after)
+	var failed uint64
+	for k, v := range after.MapErrors {
+		failed += v - before.MapErrors[k]
+	}
+	if d.paired == 0 || d.paired > 8 || failed == 0 {
+		t.Fatalf("want at most 8 sockets paired and the rest refused for capacity: %v, %d failed inserts", d, failed)
+	}
+	t.Logf("%v; %d inserts refused for capacity", d, failed)
+}
+
+// A new capacity (or map layout) on a node with pinned maps: Load starts
+// new maps instead of failing; connections running through the old ones
+// keep every byte, and new connections pair in the new maps.
+func TestResizeUnderTraffic(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 1024})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 4, Parallel: 4, Bytes: 256 << 20, MaxWrite: 64 << 10}
+	before := e.counters()
+	c := e.startClient(p, 0, spec)
+	// Wait until the streams are paired and moving.
+	deadline := time.Now().Add(10 * time.Second)
+	for d := diff(before, e.counters()); d.paired < 8 || d.redirBytes == 0; d = diff(before, e.counters()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the streams were not paired and redirected: %v", d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts := e.opts
+	opts.MaxConnections = 2048
+	dp, err := datapath.Load(opts)
+	if err != nil {
+		t.Fatalf("load with a new capacity: %v", err)
+	}
+	e.dp = dp
+	// The streams must still be running: the resize happened under them.
+	done := make(chan struct{})
+	var res testbed.Result
+	var werr error
+	go func() { res, werr = c.Wait(); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("the streams ended before the resize: it was not tested under traffic")
+	default:
+	}
+	if n, err := dp.Sockets(); err != nil || n != 0 {
+		t.Fatalf("the new sockhash must start empty: %d sockets, %v", n, err)
+	}
+	newBefore := e.counters()
+	small := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 2, Bytes: 1 << 20, MaxWrite: 4 << 10}
+	mustOK(t, e.client(p, 0, small), 2, 1<<20)
+	if d := diff(newBefore, e.counters()); d.paired != 4 {
+		t.Fatalf("new connections after the resize must pair in the new maps: %v", d)
+	}
+	<-done
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	mustOK(t, res, spec.Conns, spec.Bytes)
+}
