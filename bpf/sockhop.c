@@ -30,19 +30,14 @@ int sockhop_sockops(struct bpf_sock_ops *skops)
 		if (skops->args[1] == BPF_TCP_CLOSE)
 			sh_closed(skops);
 		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		sh_retire(skops);
+		break;
 	}
 	return 1;
 }
 
-/* Bytes redirected into a socket and not yet read, from its address. */
-static __always_inline __u32 sh_backlog_of(__u64 sk)
-{
-	unsigned long data = (unsigned long)BPF_CORE_READ((struct sock *)sk, sk_user_data);
-
-	if (!(data & SK_USER_DATA_PSOCK))
-		return 0;
-	return BPF_CORE_READ((struct sk_psock *)(data & SK_USER_DATA_PTRMASK), msg_tot_len);
-}
+#define sh_backlog_of sh_backlog_of_sk
 
 /* ...and of the peer this message was just redirected into. */
 static __always_inline __u32 sh_redir_backlog(struct sk_msg_md *msg)
@@ -52,37 +47,63 @@ static __always_inline __u32 sh_redir_backlog(struct sk_msg_md *msg)
 	return sh_backlog_of((__u64)BPF_CORE_READ(kmsg, sk_redir));
 }
 
+/* This socket's own entry in sockhop_rx. */
+static __always_inline struct sh_rx *sh_self(struct sk_msg_md *msg)
+{
+	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
+	__u64 me = (__u64)BPF_CORE_READ(kmsg, sk);
+
+	return bpf_map_lookup_elem(&sockhop_rx, &me);
+}
+
+/* This direction is on TCP for good: say why, stop telling the peer we
+ * redirect, and ask to leave the sockhash (sh_retire, in sockops) — which
+ * ends redirects into this socket too. Not when the reason is the receiver
+ * (it splices, or the policy excludes it): the other direction, into this
+ * socket, may still be worth redirecting (an upload into a sidecar). */
+static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *state, __u32 tx,
+				     enum sh_stat why)
+{
+	struct sh_rx *self = sh_self(msg);
+
+	state->tx = tx;
+	sh_count(why, 1);
+	if (self) {
+		if (tx != SH_TX_UNSAFE_RX)
+			__sync_fetch_and_or(&self->flags, SH_RX_RETIRING);
+		__sync_fetch_and_and(&self->flags, ~(__u64)SH_RX_SENDS);
+	}
+}
+
 /* A client learns its server's address from the pending entry, once the
- * server joined; the entry is done with then. */
-static __always_inline __u64 sh_peer_sk(struct sh_sock *state)
+ * server joined; the entry is done with then. 1 while a peer is known or
+ * may still join, 0 when none will. */
+static __always_inline int sh_peer_sk(struct sh_sock *state)
 {
 	struct sh_pending *p;
 	__u64 peer;
 
 	if (state->peer_sk)
-		return state->peer_sk;
+		return 1;
 	p = bpf_map_lookup_elem(&sockhop_pending, &state->peer.conn);
 	if (!p || (p->flags & SH_CONN_AMBIGUOUS)) {
-		state->tx = SH_TX_NO_PEER;
-		sh_count(SH_STAT_TX_NO_PEER, 1);
 		if (p)
 			bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
-		return 0;
+		return 0; /* the caller makes it final */
 	}
 	peer = p->server_sk;
 	if (!peer) {
 		/* Not joined yet (it may, when softirqs run late), or never
 		 * (the server's cgroup is not attached). */
 		if (++state->waits >= SH_MAX_WAITS) {
-			state->tx = SH_TX_NO_PEER;
-			sh_count(SH_STAT_TX_NO_PEER, 1);
 			bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
+			return 0; /* the caller makes it final */
 		}
-		return 0;
+		return 1; /* not yet */
 	}
 	state->peer_sk = peer;
 	bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
-	return peer;
+	return 1;
 }
 
 /*
@@ -99,34 +120,51 @@ static __always_inline __u64 sh_peer_sk(struct sh_sock *state)
  */
 static __always_inline int sh_may_switch(struct sk_msg_md *msg, struct sh_sock *state)
 {
+	struct sh_rx *rx, *self;
 	struct sk_msg *kmsg;
 	struct sock *me;
-	struct sh_rx *rx;
 	__u64 peer, flags;
 	__u32 written, read;
 
-	peer = sh_peer_sk(state);
-	if (!peer)
+	if (!sh_peer_sk(state)) {
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
 		return 0;
-	if (!sh_guard)
-		return 1;
+	}
+	peer = state->peer_sk;
+	if (!peer)
+		return 0; /* the server may still join */
 	rx = bpf_map_lookup_elem(&sockhop_rx, &peer);
 	if (!rx)
 		return 0; /* closing */
 	flags = rx->flags;
-	if (!(flags & SH_RX_ALLOWED) || (flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
-		state->tx = SH_TX_UNSAFE_RX;
-		sh_count(SH_STAT_TX_UNSAFE_RX, 1);
+	if (flags & (SH_RX_RETIRING | SH_RX_RETIRED)) {
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
 		return 0;
 	}
-	if (!(flags & SH_RX_READ))
+	if (sh_guard) {
+		if (!(flags & SH_RX_ALLOWED) || (flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
+			sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX);
+			return 0;
+		}
+		if (!(flags & SH_RX_READ))
+			return 0;
+		kmsg = bpf_cast_to_kern_ctx(msg);
+		me = BPF_CORE_READ(kmsg, sk);
+		written = BPF_CORE_READ((struct tcp_sock *)me, write_seq);
+		read = BPF_CORE_READ((struct tcp_sock *)peer, copied_seq);
+		if (written != read || sh_backlog_of(peer))
+			return 0;
+	}
+	/* Tell the peer we redirect into it before we do, then look again:
+	 * a peer that retires checks this flag after it said so itself, so
+	 * one of us sees the other (both are full barriers). */
+	self = sh_self(msg);
+	if (self)
+		__sync_fetch_and_or(&self->flags, SH_RX_SENDS);
+	if (rx->flags & (SH_RX_RETIRING | SH_RX_RETIRED)) {
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
 		return 0;
-	kmsg = bpf_cast_to_kern_ctx(msg);
-	me = BPF_CORE_READ(kmsg, sk);
-	written = BPF_CORE_READ((struct tcp_sock *)me, write_seq);
-	read = BPF_CORE_READ((struct tcp_sock *)peer, copied_seq);
-	if (written != read || sh_backlog_of(peer))
-		return 0;
+	}
 	return 1;
 }
 
@@ -142,8 +180,7 @@ static __always_inline int sh_redirect(struct sk_msg_md *msg, struct sh_sock *st
 	/* Returns SK_DROP when the peer left the sockhash (closed): this
 	 * direction goes through TCP from now on. */
 	if (bpf_msg_redirect_hash(msg, &sockhop_socks, &state->peer, BPF_F_INGRESS) != SK_PASS) {
-		state->tx = SH_TX_NO_PEER;
-		sh_count(SH_STAT_TX_NO_PEER, 1);
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
 		return sh_tcp(msg);
 	}
 	sh_count(SH_STAT_REDIR_MSGS, 1);
@@ -183,7 +220,6 @@ int sockhop_msg(struct sk_msg_md *msg)
 
 	switch (state->tx) {
 	case SH_TX_TCP:
-	case SH_TX_BACKPRESSURE:
 		if (!sh_may_switch(msg, state))
 			return sh_tcp(msg);
 		state->tx = SH_TX_REDIRECT;
@@ -202,11 +238,15 @@ int sockhop_msg(struct sk_msg_md *msg)
 	 * redirected bytes before TCP's: leave for TCP. A splicer reads only
 	 * TCP's: leave only if nothing we redirected is unread, else stay
 	 * (sh_poisoned). */
-	rx = sh_guard ? bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk) : NULL;
-	if (rx && (rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
+	rx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
+	if (rx && (rx->flags & SH_RX_RETIRING)) {
+		/* The peer is leaving the sockhash: a recvmsg reader. */
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
+		return sh_tcp(msg);
+	}
+	if (sh_guard && rx && (rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
 		if (!(rx->flags & SH_RX_UNSAFE) || !sh_backlog_of(state->peer_sk)) {
-			state->tx = SH_TX_UNSAFE_RX;
-			sh_count(SH_STAT_TX_UNSAFE_RX, 1);
+			sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX);
 			return sh_tcp(msg);
 		}
 		state->tx = SH_TX_POISONED;
@@ -219,11 +259,10 @@ int sockhop_msg(struct sk_msg_md *msg)
 	/* Back-pressure: redirected data bypasses the receiver's TCP window.
 	 * This message is committed; if the receiver is more than the bound
 	 * behind, the next ones go through TCP, whose window holds the writer
-	 * back, until the receiver has caught up with all of it. */
-	if (sh_backlog_limit && sh_redir_backlog(msg) > sh_backlog_limit) {
-		state->tx = SH_TX_BACKPRESSURE;
-		sh_count(SH_STAT_TX_BACKPRESSURE, 1);
-	}
+	 * back, for good: this socket then leaves the sockhash to send as
+	 * plain TCP (a sender that never pauses would not catch up anyway). */
+	if (sh_backlog_limit && sh_redir_backlog(msg) > sh_backlog_limit)
+		sh_final(msg, state, SH_TX_BACKPRESSURE, SH_STAT_TX_BACKPRESSURE);
 	return SK_PASS;
 }
 

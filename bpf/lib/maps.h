@@ -44,16 +44,18 @@ struct sh_key {
  *          ever wrote over TCP (its copied_seq equals our write_seq, read in
  *          our own send path under our socket lock) and it reads safely;
  *   REDIRECT -> TCP at any time (the receiver drains redirected data first).
- * States >= SH_TX_FINAL never change again.
+ * States >= SH_TX_FINAL never change again; a socket whose sends are on TCP
+ * for good leaves the sockhash (it retires, see sh_retire) once nothing is
+ * or will be redirected into it, so that it sends as plain TCP.
  */
 enum sh_tx {
 	SH_TX_TCP = 0,          /* on TCP, may switch to redirect */
 	SH_TX_REDIRECT = 1,
-	SH_TX_BACKPRESSURE = 2, /* on TCP: the receiver fell behind by the bound */
 	SH_TX_FINAL = 8,        /* first of the states below: for good */
 	SH_TX_NO_PEER = 8,      /* the peer never paired, or left */
 	SH_TX_UNSAFE_RX = 9,    /* the receiver splices or waits for all */
-	SH_TX_POISONED = 10,    /* ...and redirected bytes were still unread */
+	SH_TX_BACKPRESSURE = 10, /* the receiver fell behind by the bound */
+	SH_TX_POISONED = 11,    /* the receiver splices, with redirected bytes unread */
 };
 
 struct sh_sock {
@@ -76,6 +78,10 @@ enum sh_rx_flags {
 	SH_RX_STRANDED = 8, /* ...while redirected bytes were unread */
 	SH_RX_WAITALL = 16, /* read with MSG_WAITALL: sees redirected data,
 			     * but may return it short */
+	SH_RX_RETIRING = 32, /* its own sends are on TCP for good: it leaves the
+			      * sockhash once nothing is redirected into it */
+	SH_RX_RETIRED = 64,  /* left the sockhash */
+	SH_RX_SENDS = 128,   /* its own sends are redirected now (mirror of tx) */
 };
 
 /* Reads with recvmsg/read (returning data, without MSG_WAITALL) a receiver
@@ -137,6 +143,7 @@ enum sh_stat {
 	SH_STAT_RX_STRANDED,     /* ...while redirected bytes were unread */
 	SH_STAT_TX_POISONED,     /* directions kept on redirect for a stranded receiver */
 	SH_STAT_SKIP_HAZARD,     /* sockets not paired: their cgroup splices or waits */
+	SH_STAT_RETIRED,         /* sockets that left the sockhash to send as plain TCP */
 	SH_STAT_SKIP_DATA,       /* connections not paired, by reason */
 	SH_STAT_SKIP_REMOTE,
 	SH_STAT_SKIP_EXCLUDED,

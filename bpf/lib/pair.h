@@ -114,6 +114,16 @@ static __always_inline int sh_trusted(struct sock *sk)
 	return n && *n >= SH_TRUST_CLOSED;
 }
 
+/* Bytes redirected into a socket and not yet read, from its address. */
+static __always_inline __u32 sh_backlog_of_sk(__u64 sk)
+{
+	unsigned long data = (unsigned long)BPF_CORE_READ((struct sock *)sk, sk_user_data);
+
+	if (!(data & SK_USER_DATA_PSOCK))
+		return 0;
+	return BPF_CORE_READ((struct sk_psock *)(data & SK_USER_DATA_PTRMASK), msg_tot_len);
+}
+
 /* Start watching this socket's reads, and get a callback when it closes. */
 static __always_inline int sh_track(struct bpf_sock_ops *skops, struct sock *sk)
 {
@@ -129,7 +139,10 @@ static __always_inline int sh_track(struct bpf_sock_ops *skops, struct sock *sk)
 		sh_count(SH_STAT_ERR_RX, 1);
 		return -1;
 	}
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* STATE: to forget it when it closes; RTT (on ACKs of its TCP sends):
+	 * to let it retire from the sockhash (sh_retire). */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
+					 BPF_SOCK_OPS_RTT_CB_FLAG);
 	return 0;
 }
 
@@ -294,6 +307,49 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 	pending->server_sk = addr;
 	__sync_fetch_and_or(&pending->flags, SH_CONN_PAIRED);
 	sh_count(SH_STAT_PAIRED_SERVER, 1);
+}
+
+/*
+ * A socket whose sends are on TCP for good (sh_final) leaves the sockhash,
+ * so that its psock goes and it sends as plain TCP — but only once nothing
+ * redirected into it is unread (leaving frees its psock's queue) and its
+ * peer no longer redirects into it (the peer stops when it sees
+ * SH_RX_RETIRING, and says so by clearing SH_RX_SENDS; see sh_may_switch
+ * for why one of the two always sees the other). Runs on the ACKs of this
+ * socket's TCP sends, under its socket lock.
+ */
+static __always_inline void sh_retire(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock_ops_kern *kctx = bpf_cast_to_kern_ctx(skops);
+	struct bpf_sock *bsk = skops->sk;
+	struct sh_rx *rx, *prx;
+	struct sh_sock *state;
+	struct sh_key self = {}; /* zeroed: its padding is part of the key */
+	__u64 addr;
+
+	if (!bsk || !kctx->sk)
+		return;
+	addr = (__u64)kctx->sk;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &addr);
+	if (!rx || !(rx->flags & SH_RX_RETIRING) || (rx->flags & SH_RX_RETIRED))
+		return;
+	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
+	if (!state)
+		return;
+	if (state->peer_sk) {
+		prx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
+		if (prx && (prx->flags & SH_RX_SENDS))
+			return; /* the peer still redirects into us */
+	}
+	if (sh_backlog_of_sk(addr))
+		return; /* redirected bytes unread: leaving would free them */
+	self.conn = state->peer.conn;
+	self.side = state->peer.side == SH_SERVER ? SH_CLIENT : SH_SERVER;
+	if (bpf_map_delete_elem(&sockhop_socks, &self))
+		return;
+	__sync_fetch_and_or(&rx->flags, SH_RX_RETIRED);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+	sh_count(SH_STAT_RETIRED, 1);
 }
 
 /* A paired socket closed: forget what was kept for it, and learn from how

@@ -27,6 +27,9 @@ type Counters struct {
 	UnsafeReceivers uint64
 	Stranded        uint64
 	Poisoned        uint64
+	// Retired counts sockets whose sends went to TCP for good and that
+	// left the sockhash, to send as plain TCP.
+	Retired uint64
 	// Passthrough counts, by reason, connections or directions left on TCP.
 	Passthrough map[string]uint64
 	// MapErrors counts failed map operations, by map.
@@ -74,6 +77,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		UnsafeReceivers:    get(sockhopShStatSH_STAT_RX_UNSAFE),
 		Stranded:           get(sockhopShStatSH_STAT_RX_STRANDED),
 		Poisoned:           get(sockhopShStatSH_STAT_TX_POISONED),
+		Retired:            get(sockhopShStatSH_STAT_RETIRED),
 		Passthrough: map[string]uint64{
 			ReasonNoPeer:       get(sockhopShStatSH_STAT_TX_NO_PEER),
 			ReasonUnsafeRx:     get(sockhopShStatSH_STAT_TX_UNSAFE_RX),

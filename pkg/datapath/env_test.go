@@ -102,6 +102,17 @@ func (e *env) pod(name string, attach bool) *pod {
 	return &pod{name: name, ns: ns, cgroup: cg}
 }
 
+// container is another container of pod p: its own cgroup under the pod's
+// (as kubelet makes them), in the pod's network namespace.
+func (e *env) container(p *pod, name string) *pod {
+	e.t.Helper()
+	cg, err := e.bed.Cgroup(p.name + "/" + name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return &pod{name: p.name + "/" + name, ns: p.ns, cgroup: cg, ip: p.ip}
+}
+
 // link joins two pods with a veth and gives them addresses in 198.18.0.0/24
 // (the benchmarking range, private to these namespaces).
 func (e *env) link(a, z *pod, aIP, zIP string) {
@@ -178,6 +189,7 @@ func (e *env) run(ns *testbed.NetNS, args ...string) {
 type delta struct {
 	paired, redirBytes, tcpBytes uint64
 	switches, unsafeRx, stranded uint64
+	retired                      uint64
 	pass                         map[string]uint64
 }
 
@@ -189,6 +201,7 @@ func diff(before, after datapath.Counters) delta {
 		switches:   after.Switches - before.Switches,
 		unsafeRx:   after.UnsafeReceivers - before.UnsafeReceivers,
 		stranded:   after.Stranded - before.Stranded,
+		retired:    after.Retired - before.Retired,
 		pass:       map[string]uint64{},
 	}
 	for k, v := range after.Passthrough {
@@ -198,8 +211,8 @@ func diff(before, after datapath.Counters) delta {
 }
 
 func (d delta) String() string {
-	return fmt.Sprintf("paired=%d redirected=%dB tcp=%dB switches=%d unsafe_rx=%d stranded=%d pass=%v",
-		d.paired, d.redirBytes, d.tcpBytes, d.switches, d.unsafeRx, d.stranded, d.pass)
+	return fmt.Sprintf("paired=%d redirected=%dB tcp=%dB switches=%d retired=%d unsafe_rx=%d stranded=%d pass=%v",
+		d.paired, d.redirBytes, d.tcpBytes, d.switches, d.retired, d.unsafeRx, d.stranded, d.pass)
 }
 
 func mustOK(t testing.TB, res testbed.Result, wantConns int, bytesEach int64) {

@@ -181,7 +181,9 @@ func TestHazardRelaySplice(t *testing.T) {
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, true)
 		s.server(s.client, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:9000"}, Seed: 31})
-		s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeRelay, Listen: []string{"0.0.0.0:8080"}, Target: "198.18.0.1:9000"})
+		// The relay is its own container: learning that it splices keeps
+		// its connections out, not the sidecar's.
+		s.server(s.container(s.app, "relay"), uid, testbed.PeerSpec{Mode: testbed.ModeRelay, Listen: []string{"0.0.0.0:8080"}, Target: "198.18.0.1:9000"})
 
 		before := s.counters()
 		spec := testbed.PeerSpec{
@@ -200,7 +202,7 @@ func TestHazardRelaySplice(t *testing.T) {
 func TestHazardSplice(t *testing.T) {
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, false)
-		s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeSpliceSink, Listen: []string{"0.0.0.0:8080"}})
+		s.server(s.container(s.app, "reader"), uid, testbed.PeerSpec{Mode: testbed.ModeSpliceSink, Listen: []string{"0.0.0.0:8080"}})
 		before := s.counters()
 		spec := testbed.PeerSpec{Mode: testbed.ModeSendReport, Target: "198.18.0.2:8080", Bytes: hazardBytes, MaxWrite: 256 << 10}
 		w := s.startClient(s.client, 0, spec)
@@ -221,7 +223,7 @@ func TestHazardSplice(t *testing.T) {
 func TestHazardWaitAll(t *testing.T) {
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, false)
-		s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeWaitAllSink, Listen: []string{"0.0.0.0:8080"}, Size: 100000})
+		s.server(s.container(s.app, "reader"), uid, testbed.PeerSpec{Mode: testbed.ModeWaitAllSink, Listen: []string{"0.0.0.0:8080"}, Size: 100000})
 		before := s.counters()
 		spec := testbed.PeerSpec{Mode: testbed.ModeSendReport, Target: "198.18.0.2:8080", Bytes: hazardBytes, MaxWrite: 64 << 10}
 		w := s.startClient(s.client, 0, spec)

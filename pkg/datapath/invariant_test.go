@@ -513,3 +513,38 @@ func TestResizeUnderTraffic(t *testing.T) {
 	}
 	mustOK(t, res, spec.Conns, spec.Bytes)
 }
+
+// Never slower than TCP after back-pressure: a one-way bulk sender whose
+// receiver falls behind by the bound goes to TCP for good and leaves the
+// sockhash, so that its sends no longer run sk_msg (they are plain
+// tcp_sendmsg); every byte arrives in order.
+func TestBackpressureRetiresTheSender(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeSink, Listen: []string{"127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeBulk, Target: "127.0.0.1:8080", Size: 64 << 10, Bytes: 256 << 20, CPUs: "0"}
+	// The first connection makes the pod's cgroup trusted (the sink read
+	// it with plain reads all its life): the second is redirected from its
+	// first byte, as in a running pod.
+	if res := e.client(p, 0, spec); res.Err() != nil || res.BytesVerified != spec.Bytes {
+		t.Fatalf("first bulk: %v, %d bytes", res.Err(), res.BytesVerified)
+	}
+	before := e.counters()
+	res := e.client(p, 0, spec)
+	if err := res.Err(); err != nil || res.BytesVerified != spec.Bytes {
+		t.Fatalf("bulk: %v, sink counted %d of %d bytes", err, res.BytesVerified, spec.Bytes)
+	}
+	d := diff(before, e.counters())
+	t.Logf("%v", d)
+	if d.pass[datapath.ReasonBackpressure] == 0 {
+		t.Skipf("the sink kept up with the sender: the bound never tripped (%v)", d)
+	}
+	if d.retired == 0 {
+		t.Fatalf("the sender went to TCP for good but stayed in the sockhash: %v", d)
+	}
+	// sk_msg counts what it passes to TCP: after retiring, the sender's
+	// sends bypass it, so it saw far less than what went through TCP.
+	if tcp := uint64(spec.Bytes) - d.redirBytes; d.tcpBytes >= tcp/2 {
+		t.Fatalf("sk_msg still ran on %d of the %d bytes sent through TCP: %v", d.tcpBytes, tcp, d)
+	}
+}

@@ -481,7 +481,7 @@ func checkSplice(_ context.Context, n *selfTestNet, d *selfTestDatapath) (Hazard
 		res.Detail = fmt.Sprintf("splice() returned %d redirected bytes", got)
 	case err == nil || errors.Is(err, unix.EAGAIN):
 		res.Status = HazardPresent
-		res.Detail = fmt.Sprintf("splice() returned %s with %d redirected bytes queued: application receivers must stay on TCP", spliceOutcome(got, err), queued)
+		res.Detail = fmt.Sprintf("splice() returned %s with %d redirected bytes queued: the receiver guard keeps such readers on TCP", spliceOutcome(got, err), queued)
 	default:
 		return res, fmt.Errorf("splice check: splice: %w", err)
 	}
@@ -546,7 +546,7 @@ func checkWaitAll(_ context.Context, n *selfTestNet, d *selfTestDatapath) (Hazar
 		res.Detail = fmt.Sprintf("recv(%d, MSG_WAITALL) returned all %d bytes of %d writes", len(buf), got, writes)
 	} else {
 		res.Status = HazardPresent
-		res.Detail = fmt.Sprintf("recv(%d, MSG_WAITALL) returned %d while %d writes of %d arrived: application receivers must stay on TCP", len(buf), got, writes, size)
+		res.Detail = fmt.Sprintf("recv(%d, MSG_WAITALL) returned %d while %d writes of %d arrived: the receiver guard keeps such readers on TCP", len(buf), got, writes, size)
 	}
 	return res, nil
 }

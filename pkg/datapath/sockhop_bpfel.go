@@ -80,17 +80,18 @@ const (
 	sockhopShStatSH_STAT_RX_STRANDED     sockhopShStat = 11
 	sockhopShStatSH_STAT_TX_POISONED     sockhopShStat = 12
 	sockhopShStatSH_STAT_SKIP_HAZARD     sockhopShStat = 13
-	sockhopShStatSH_STAT_SKIP_DATA       sockhopShStat = 14
-	sockhopShStatSH_STAT_SKIP_REMOTE     sockhopShStat = 15
-	sockhopShStatSH_STAT_SKIP_EXCLUDED   sockhopShStat = 16
-	sockhopShStatSH_STAT_SKIP_NO_POD     sockhopShStat = 17
-	sockhopShStatSH_STAT_SKIP_NO_CLIENT  sockhopShStat = 18
-	sockhopShStatSH_STAT_SKIP_AMBIGUOUS  sockhopShStat = 19
-	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 20
-	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 21
-	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 22
-	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 23
-	sockhopShStatSH_STAT_MAX             sockhopShStat = 24
+	sockhopShStatSH_STAT_RETIRED         sockhopShStat = 14
+	sockhopShStatSH_STAT_SKIP_DATA       sockhopShStat = 15
+	sockhopShStatSH_STAT_SKIP_REMOTE     sockhopShStat = 16
+	sockhopShStatSH_STAT_SKIP_EXCLUDED   sockhopShStat = 17
+	sockhopShStatSH_STAT_SKIP_NO_POD     sockhopShStat = 18
+	sockhopShStatSH_STAT_SKIP_NO_CLIENT  sockhopShStat = 19
+	sockhopShStatSH_STAT_SKIP_AMBIGUOUS  sockhopShStat = 20
+	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 21
+	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 22
+	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 23
+	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 24
+	sockhopShStatSH_STAT_MAX             sockhopShStat = 25
 )
 
 type sockhopShTx uint32
@@ -98,11 +99,11 @@ type sockhopShTx uint32
 const (
 	sockhopShTxSH_TX_TCP          sockhopShTx = 0
 	sockhopShTxSH_TX_REDIRECT     sockhopShTx = 1
-	sockhopShTxSH_TX_BACKPRESSURE sockhopShTx = 2
 	sockhopShTxSH_TX_FINAL        sockhopShTx = 8
 	sockhopShTxSH_TX_NO_PEER      sockhopShTx = 8
 	sockhopShTxSH_TX_UNSAFE_RX    sockhopShTx = 9
-	sockhopShTxSH_TX_POISONED     sockhopShTx = 10
+	sockhopShTxSH_TX_BACKPRESSURE sockhopShTx = 10
+	sockhopShTxSH_TX_POISONED     sockhopShTx = 11
 )
 
 // Names of all BPF objects in the ELF.

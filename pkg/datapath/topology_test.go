@@ -146,7 +146,7 @@ func TestSidecarToSidecar(t *testing.T) {
 				mustOK(t, e.client(a, istioProxyUID, spec), spec.Conns, spec.Bytes)
 				d := diff(before, e.counters())
 				// Two hops: A's proxy ↔ B's proxy, B's proxy ↔ B's app.
-				if d.paired != uint64(4*spec.Conns) || d.pass[datapath.ReasonNoPeer] >= uint64(spec.Conns) {
+				if d.paired != uint64(4*spec.Conns) || d.switches < uint64(spec.Conns) {
 					t.Fatalf("want both hops of %d connections paired: %v", spec.Conns, d)
 				}
 				t.Logf("%v", d)
