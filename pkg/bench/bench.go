@@ -279,7 +279,7 @@ func (s *suite) setup(c caseSpec, v *variant) (*setup, error) {
 	clientCPUs, serverCPUs := c.cpus()
 	prm := s.params()
 	server := func(on *pod, mode, listen string) error {
-		peer, err := s.start(on, testbed.PeerSpec{Role: testbed.RoleServer, Mode: mode, Listen: []string{listen},
+		peer, err := s.start(on, testbed.PeerSpec{Role: testbed.RoleServer, Mode: mode, Listen: []string{listen}, Size: c.size,
 			UID: c.serverUID, CPUs: serverCPUs})
 		if err == nil {
 			st.peers = append(st.peers, peer)
@@ -297,6 +297,18 @@ func (s *suite) setup(c caseSpec, v *variant) (*setup, error) {
 	case KindChain:
 		st.spec = testbed.PeerSpec{Mode: testbed.ModePingPong, Target: "127.0.0.1:15001", Size: c.size, Iterations: prm.chain}
 		if err = server(p, testbed.ModeEcho, "127.0.0.1:8080"); err == nil {
+			var relay *testbed.Peer
+			relay, err = s.start(p, testbed.PeerSpec{Role: testbed.RoleProxy, Listen: []string{"127.0.0.1:15001"},
+				Target: "127.0.0.1:8080", UID: proxyUID, CPUs: serverCPUs})
+			if err == nil {
+				st.peers = append(st.peers, relay)
+			}
+		}
+	case KindHTTP:
+		// A load generator, its sidecar (a proxy, uid 1337) and a Go HTTP
+		// app in one pod: client → proxy → app, keep-alive.
+		st.spec = testbed.PeerSpec{Mode: testbed.ModeHTTPClient, Target: "127.0.0.1:15001", Size: c.size, Iterations: prm.chain}
+		if err = server(p, testbed.ModeHTTPServer, "127.0.0.1:8080"); err == nil {
 			var relay *testbed.Peer
 			relay, err = s.start(p, testbed.PeerSpec{Role: testbed.RoleProxy, Listen: []string{"127.0.0.1:15001"},
 				Target: "127.0.0.1:8080", UID: proxyUID, CPUs: serverCPUs})

@@ -91,6 +91,11 @@ func suiteCases() []caseSpec {
 			policy:      PolicyDefault, expect: ExpectRedirect, serverUID: proxyUID,
 		},
 	)
+	cs = append(cs, caseSpec{
+		id: "http-proxy-1cpu-1KiB", kind: KindHTTP, size: 1 << 10, placement: "1cpu",
+		description: "keep-alive HTTP GETs of 1 KiB from a load generator through a proxy sidecar (uid 1337) to a net/http app, one pod, one CPU, default options",
+		policy:      PolicyDefault, expect: ExpectRedirect,
+	})
 	// The mechanism alone, next to the defaults: no receiver guard.
 	for _, s := range []int{64, 16 << 10} {
 		cs = append(cs, caseSpec{

@@ -40,6 +40,7 @@ const (
 	KindBulk     = "bulk"     // one connection, writes of Size bytes into a sink
 	KindConnRate = "connrate" // connect, 1-byte round trip, close
 	KindUnpaired = "unpaired" // ping-pong to a server in another namespace, never paired
+	KindHTTP     = "http"     // keep-alive HTTP GETs through a proxy sidecar to a net/http server
 )
 
 // Receiver policies (the datapath Options a case ran with).
