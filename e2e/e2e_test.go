@@ -71,7 +71,9 @@ func TestE2E(t *testing.T) {
 		checkIntact(t, "streams through client sidecar, server sidecar", res, conns, transferBytes)
 		after := c.status(t)
 		got := after.counter(t, "redirectedbytes") - before.counter(t, "redirectedbytes")
-		wantRedirected(t, "streams through both sidecars", got, res.BytesSent+res.BytesVerified)
+		// The pods' first connections: every direction starts on TCP
+		// until its receiver has read it all (bulk streams rarely pause).
+		wantRedirected(t, "streams through both sidecars", got, res.BytesSent+res.BytesVerified, 0.5)
 	})
 
 	t.Run("unlabelled namespace: untouched", func(t *testing.T) {
@@ -130,7 +132,11 @@ func TestE2E(t *testing.T) {
 			}
 			checkIntact(t, "new streams", res, 2, transferBytes)
 			got := c.status(t).counter(t, "redirectedbytes") - before.counter(t, "redirectedbytes")
-			wantRedirected(t, "new connections", got, res.BytesSent+res.BytesVerified)
+			// The pods have run connections read safely all their life:
+			// their containers are trusted (learnt in pinned maps, so
+			// across agent restarts and upgrades), and new connections
+			// are redirected from their first byte on all three hops.
+			wantRedirected(t, "new connections", got, res.BytesSent+res.BytesVerified, 2.5)
 		}
 	}
 
@@ -300,17 +306,14 @@ func agentPID(t *testing.T) int {
 
 // wantRedirected checks the node-wide redirected bytes after a transfer
 // through the mesh path client app → client sidecar → server sidecar →
-// server app and back. With the default receiver classes a direction is
-// redirected only into a proxy-owned socket, so of the three hops each way
-// two are redirected (app → its sidecar, sidecar → sidecar on this node) and
-// the last (sidecar → app) stays on TCP: at least twice the bytes moved
-// (90% of it: a connection's first sends may go through TCP when they race
-// the pairing of the server end).
-func wantRedirected(t *testing.T, what string, got float64, moved int64) {
+// server app and back: three hops each way, each of which may be
+// redirected (at most 3 per byte moved); at least perByte per byte moved
+// must have been.
+func wantRedirected(t *testing.T, what string, got float64, moved int64, perByte float64) {
 	t.Helper()
-	want := 0.9 * 2 * float64(moved)
+	want := perByte * float64(moved)
 	t.Logf("%s: moved %d bytes; redirected bytes grew by %.0f (%.2f per byte moved)", what, moved, got, got/float64(moved))
 	if got < want {
-		t.Errorf("%s: redirected bytes grew by %.0f, want at least %.0f (two redirected hops of %d bytes)", what, got, want, moved)
+		t.Errorf("%s: redirected bytes grew by %.0f, want at least %.0f (%.1f per byte moved)", what, got, want, perByte)
 	}
 }
