@@ -56,6 +56,7 @@ type config struct {
 	proxyUIDs          string
 	appReceivers       string // auto, true, false
 	maxConnections     int
+	syscallGuard       bool
 	metricsAddr        string
 	probeAddr          string
 	uninstallOnDelete  bool
@@ -77,6 +78,8 @@ func bindFlags(fs *flag.FlagSet) *config {
 	fs.StringVar(&c.appReceivers, "app-receivers", "auto",
 		"redirect into application sockets too, behind the receiver guard: auto or true (the same), or false (proxy-owned sockets only)")
 	fs.StringVar(&c.proxyUIDs, "proxy-uids", "1337,2102,5678", "comma-separated uids of sidecar proxies (the receivers --app-receivers=false allows)")
+	fs.BoolVar(&c.syscallGuard, "syscall-guard", true,
+		"mark a receiver unsafe before it splices or reads with MSG_WAITALL (a sys_enter tracepoint: every syscall on the node takes the traced entry path, tens of ns each)")
 	fs.IntVar(&c.maxConnections, "max-connections", datapath.DefaultMaxConnections,
 		"connections the node's maps can pair at once; past it new ones stay on TCP (changing it replaces the maps; live connections carry on)")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
@@ -160,7 +163,7 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 	// stays up, unready, says why once, and every pod keeps plain TCP.
 	var degraded error
 	dp, err := datapath.Load(datapath.Options{PinDir: c.bpffsDir, ProxyUIDs: proxyUIDs,
-		AppReceivers: appReceivers(ctx, c.appReceivers, logger), MaxConnections: c.maxConnections})
+		AppReceivers: appReceivers(ctx, c.appReceivers, logger), MaxConnections: c.maxConnections, NoSyscallGuard: !c.syscallGuard})
 	var fe *datapath.FeatureError
 	switch {
 	case errors.As(err, &fe):

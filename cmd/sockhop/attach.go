@@ -25,8 +25,8 @@ type loadFlags struct {
 }
 
 func (f *loadFlags) register(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&f.appReceivers, "app-receivers", false,
-		"redirect into sockets of any owner, not only the sidecar proxies' (safe where `sockhop doctor` passes the hazard self-test)")
+	cmd.Flags().BoolVar(&f.appReceivers, "app-receivers", true,
+		"redirect into sockets of any owner, behind the receiver guard (only into sockets seen reading with recvmsg); =false: only into the sidecar proxies'")
 	def := make([]uint, len(datapath.DefaultProxyUIDs))
 	for i, u := range datapath.DefaultProxyUIDs {
 		def[i] = uint(u)

@@ -24,12 +24,13 @@ type pinnedConfig struct {
 	AppReceivers uint32
 	BacklogLimit uint32 // 0: unbounded
 	Unguarded    uint32
+	NoSyscall    uint32
 }
 
 func configSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{
 		Name: configMap, Type: ebpf.Array, KeySize: 4, MaxEntries: 1,
-		ValueSize: 28, Pinning: ebpf.PinByName,
+		ValueSize: 32, Pinning: ebpf.PinByName,
 	}
 }
 
@@ -45,12 +46,15 @@ func toPinned(o Options) pinnedConfig {
 	if o.Unguarded {
 		c.Unguarded = 1
 	}
+	if o.NoSyscallGuard {
+		c.NoSyscall = 1
+	}
 	return c
 }
 
 func fromPinned(pinDir string, c pinnedConfig) Options {
 	o := Options{PinDir: pinDir, AppReceivers: c.AppReceivers != 0, BacklogLimit: int(c.BacklogLimit), ProxyUIDs: []uint32{},
-		Unguarded: c.Unguarded != 0}
+		Unguarded: c.Unguarded != 0, NoSyscallGuard: c.NoSyscall != 0}
 	if o.BacklogLimit == 0 {
 		o.BacklogLimit = -1
 	}

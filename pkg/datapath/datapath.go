@@ -64,6 +64,13 @@ type Options struct {
 	// node replaces the maps (see Load).
 	MaxConnections int
 
+	// NoSyscallGuard leaves out the sys_enter tracepoint that marks a
+	// receiver unsafe before a splice, sendfile, zerocopy or MSG_WAITALL
+	// read (docs/hazards.md). That tracepoint puts every syscall on the
+	// node on the kernel's slower traced entry path (tens of ns each); the
+	// rest of the receiver guard (reads observed, containers learnt) stays.
+	NoSyscallGuard bool
+
 	// Unguarded redirects every direction from its first byte, whatever
 	// its receiver does: the mechanism alone, for benchmarks and for the
 	// hazard tests that show what the guard prevents. Unsafe for
@@ -249,7 +256,12 @@ func (d *Datapath) relink() error {
 	if err := d.relinkTracing(filepath.Join(dir, recvLinkID), d.objs.SockhopRecv); err != nil {
 		return fmt.Errorf("attach the receive tracepoint: %w", err)
 	}
-	if err := d.relinkTracing(filepath.Join(dir, sysenterLinkID), d.objs.SockhopSysenter); err != nil {
+	sysPin := filepath.Join(dir, sysenterLinkID)
+	if d.opts.NoSyscallGuard {
+		if err := os.Remove(sysPin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("detach the syscall tracepoint: %w", err)
+		}
+	} else if err := d.relinkTracing(sysPin, d.objs.SockhopSysenter); err != nil {
 		return fmt.Errorf("attach the syscall tracepoint: %w", err)
 	}
 

@@ -3,10 +3,13 @@ package datapath_test
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
@@ -496,4 +499,31 @@ func BenchmarkGuardCost(b *testing.B) {
 		}
 	}
 	b.Log("\n" + tab.String())
+}
+
+// BenchmarkNodeSyscallCost measures what the receive-side tracepoints cost
+// every process on the node, attached pod or not: a getppid(2) loop with no
+// sockhop loaded, with the default datapath (sys_enter and sock_recv_length
+// tracepoints), and with NoSyscallGuard. Run: go test -run '^$' -bench
+// NodeSyscallCost ./pkg/datapath
+func BenchmarkNodeSyscallCost(b *testing.B) {
+	requireRoot(b)
+	loop := func(b *testing.B) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			unix.Getppid()
+		}
+	}
+	b.Run("no-sockhop", loop)
+	for _, c := range []struct {
+		name string
+		opts datapath.Options
+	}{{"default", datapath.Options{AppReceivers: true}}, {"no-syscall-guard", datapath.Options{AppReceivers: true, NoSyscallGuard: true}}} {
+		b.Run(c.name, func(b *testing.B) {
+			newEnv(b, c.opts)
+			loop(b)
+		})
+	}
 }
