@@ -121,7 +121,7 @@ func TestRemotePeersNeverEnterSockhash(t *testing.T) {
 }
 
 // Fail open: a socket whose peer never pairs (here the server runs in a
-// cgroup that is not attached) behaves exactly like plain TCP.
+// cgroup that is not attached) behaves exactly like plain TCP, and soon is.
 func TestUnpairedSocketIsPlainTCP(t *testing.T) {
 	e := newEnv(t, datapath.Options{AppReceivers: true})
 	p := e.pod("app", true)
@@ -139,6 +139,11 @@ func TestUnpairedSocketIsPlainTCP(t *testing.T) {
 	d := diff(before, e.counters())
 	if d.redirBytes != 0 || d.pass[datapath.ReasonNoPeer] != 8 {
 		t.Fatalf("unpaired clients must send everything through TCP: %v", d)
+	}
+	// ...and, having given up on a peer, leave the sockhash: they send as
+	// plain TCP from then on (sk_msg saw at most their first 16 sends).
+	if n, _ := e.dp.Sockets(); d.retired != 8 || n != 0 || d.tcpBytes > 8*16*(1<<20) {
+		t.Fatalf("unpaired clients must retire from the sockhash (%d sockets left in it): %v", n, d)
 	}
 }
 
