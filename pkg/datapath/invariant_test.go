@@ -553,3 +553,62 @@ func TestBackpressureRetiresTheSender(t *testing.T) {
 		t.Fatalf("sk_msg still ran on %d of the %d bytes sent through TCP: %v", d.tcpBytes, tcp, d)
 	}
 }
+
+// Map fill is what an operator reads to see how close a node is to its
+// capacity: it counts the paired sockets and their receive-side entries.
+func TestMapFill(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 64})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	c := e.startClient(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 8, Parallel: 8, Bytes: 64 << 20, MaxWrite: 64 << 10})
+	// While the 8 streams run: 16 sockets (less those that retired to
+	// plain TCP), 16 receivers, no pending entry once every client sent.
+	before := e.counters()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fills, err := e.dp.MapFill()
+		if err != nil {
+			t.Fatal(err)
+		}
+		retired := int(diff(before, e.counters()).retired)
+		got := map[string]datapath.MapFill{}
+		for _, f := range fills {
+			got[f.Name] = f
+		}
+		if got["sockhash"].Entries+retired == 16 && got["receivers"].Entries == 16 && got["pending"].Entries == 0 {
+			if got["sockhash"].Capacity != 128 || got["receivers"].Capacity != 128 || got["pending"].Capacity != 64 {
+				t.Fatalf("capacities must follow MaxConnections 64: %+v", fills)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want 16 sockets and receivers and no pending entry while 8 streams run: %+v", fills)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	res, err := c.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res, 8, 64<<20)
+	// Closed connections leave nothing behind (their sockets may have
+	// retired from the sockhash earlier).
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		fills, err := e.dp.MapFill()
+		if err != nil {
+			t.Fatal(err)
+		}
+		empty := true
+		for _, f := range fills {
+			empty = empty && f.Entries == 0
+		}
+		if empty {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("closed connections left entries behind: %+v", fills)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
