@@ -128,6 +128,7 @@ type countersView struct {
 	UnsafeReceivers    uint64            `json:"unsafe_receivers"`
 	Stranded           uint64            `json:"stranded_receivers"`
 	Poisoned           uint64            `json:"poisoned_directions"`
+	Retired            uint64            `json:"retired_sockets"`
 	Passthrough        map[string]uint64 `json:"passthrough"`
 	MapErrors          map[string]uint64 `json:"map_errors"`
 }
@@ -161,6 +162,7 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 		PairedSockets: c.PairedSockets, RedirectedMessages: c.RedirectedMessages, RedirectedBytes: c.RedirectedBytes,
 		TCPMessages: c.TCPMessages, TCPBytes: c.TCPBytes, Passthrough: c.Passthrough, MapErrors: c.MapErrors,
 		Switches: c.Switches, UnsafeReceivers: c.UnsafeReceivers, Stranded: c.Stranded, Poisoned: c.Poisoned,
+		Retired: c.Retired,
 	}
 	if rep.SocketsInMap, err = src.Sockets(); err != nil {
 		return rep, err
@@ -212,6 +214,7 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	fmt.Fprintf(tw, "  redirected\t%d messages, %s\n", c.RedirectedMessages, bytesText(c.RedirectedBytes))
 	fmt.Fprintf(tw, "  paired sockets' sends through TCP\t%d messages, %s\n", c.TCPMessages, bytesText(c.TCPBytes))
 	fmt.Fprintf(tw, "  directions switched to redirect\t%d\n", c.Switches)
+	fmt.Fprintf(tw, "  sockets retired to plain TCP\t%d (their sends on TCP for good)\n", c.Retired)
 	fmt.Fprintf(tw, "  receivers seen splicing or waiting for all\t%d (%d with redirected bytes unread, %d directions kept on redirect for them)\n",
 		c.UnsafeReceivers, c.Stranded, c.Poisoned)
 	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", countsText(c.Passthrough))
