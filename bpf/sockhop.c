@@ -56,23 +56,40 @@ static __always_inline struct sh_rx *sh_self(struct sk_msg_md *msg)
 	return bpf_map_lookup_elem(&sockhop_rx, &me);
 }
 
-/* This direction is on TCP for good: say why, stop telling the peer we
- * redirect, and ask to leave the sockhash (sh_retire, in sockops) — which
- * ends redirects into this socket too. Not when the reason is the receiver
- * (it splices, or the policy excludes it): the other direction, into this
- * socket, may still be worth redirecting (an upload into a sidecar). */
-static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *state, __u32 tx,
-				     enum sh_stat why)
+/* We no longer redirect into the peer: let it retire. Only from a run that
+ * did not redirect: a redirect is committed by the program but queued after
+ * it returns, so the run after the last redirect is the first that may. */
+static __always_inline void sh_stop_incoming(struct sh_sock *state)
 {
-	struct sh_rx *self = sh_self(msg);
+	struct sh_rx *peer;
+
+	if (!(state->flags & SH_SOCK_INCOMING))
+		return;
+	peer = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
+	if (peer)
+		__sync_fetch_and_and(&peer->flags, ~(__u64)SH_RX_INCOMING);
+	state->flags &= ~SH_SOCK_INCOMING;
+}
+
+/* This direction is on TCP for good: say why and ask to leave the sockhash
+ * (sh_retire, in sockops) — which ends redirects into this socket too. Not
+ * when the reason is the receiver (it splices, or the policy excludes it):
+ * the other direction, into this socket, may still be worth redirecting
+ * (an upload into a sidecar). committed: this run redirected a message. */
+static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *state, __u32 tx,
+				     enum sh_stat why, int committed)
+{
+	struct sh_rx *self;
 
 	state->tx = tx;
 	sh_count(why, 1);
-	if (self) {
-		if (tx != SH_TX_UNSAFE_RX)
+	if (tx != SH_TX_UNSAFE_RX) {
+		self = sh_self(msg);
+		if (self)
 			__sync_fetch_and_or(&self->flags, SH_RX_RETIRING);
-		__sync_fetch_and_and(&self->flags, ~(__u64)SH_RX_SENDS);
 	}
+	if (!committed)
+		sh_stop_incoming(state);
 }
 
 /* A client learns its server's address from the pending entry, once the
@@ -97,7 +114,11 @@ static __always_inline int sh_peer_sk(struct sh_sock *state)
 		 * (the server's cgroup is not attached). */
 		if (++state->waits >= SH_MAX_WAITS) {
 			bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
-			return 0; /* the caller makes it final */
+			/* A server that joined between the two reads. */
+			if (!p->server_sk)
+				return 0; /* the caller makes it final */
+			state->peer_sk = p->server_sk;
+			return 1;
 		}
 		return 1; /* not yet */
 	}
@@ -107,27 +128,29 @@ static __always_inline int sh_peer_sk(struct sh_sock *state)
 }
 
 /*
- * May this direction leave TCP for redirect now? Only once the receiver
- * (a) is a socket the policy allows, (b) has been seen reading with
- * recvmsg/read without MSG_WAITALL and never with splice and the like, and
- * (c) has read every byte this socket wrote over TCP: its copied_seq equals
- * our write_seq. We hold our socket lock, so our write_seq is stable; the
- * receiver's copied_seq only grows, so equality means nothing of ours is
- * left in its TCP queue and a redirected byte is read after all of them.
- * The receiver's fields are read through its address: a stale read can only
- * delay the switch or pick a socket that left the sockhash, where the
- * redirect fails and this direction stays on TCP.
+ * May this direction leave TCP for redirect now? Only once the receiver has
+ * read every byte this socket wrote over TCP: its copied_seq equals our
+ * write_seq (invariant 2, for every datapath). We hold our socket lock, so
+ * our write_seq is stable; the receiver's copied_seq only grows, so
+ * equality means nothing of ours is left in its TCP queue and a redirected
+ * byte is read after all of them. The receiver's fields are read through
+ * its address: a stale read can only delay the switch or pick a socket that
+ * left the sockhash, where the redirect fails and this direction stays on
+ * TCP. The receiver guard adds: the receiver is a socket the policy allows,
+ * has been seen reading with recvmsg/read without MSG_WAITALL and never with
+ * splice and the like, and does not wait for more than one byte
+ * (SO_RCVLOWAT: tcp_recvmsg would sleep on TCP bytes that never come).
  */
 static __always_inline int sh_may_switch(struct sk_msg_md *msg, struct sh_sock *state)
 {
-	struct sh_rx *rx, *self;
 	struct sk_msg *kmsg;
+	struct sh_rx *rx;
 	struct sock *me;
-	__u64 peer, flags;
+	__u64 peer, flags, old;
 	__u32 written, read;
 
 	if (!sh_peer_sk(state)) {
-		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER, 0);
 		return 0;
 	}
 	peer = state->peer_sk;
@@ -138,33 +161,34 @@ static __always_inline int sh_may_switch(struct sk_msg_md *msg, struct sh_sock *
 		return 0; /* closing */
 	flags = rx->flags;
 	if (flags & (SH_RX_RETIRING | SH_RX_RETIRED)) {
-		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER, 0);
 		return 0;
 	}
 	if (sh_guard) {
 		if (!(flags & SH_RX_ALLOWED) || (flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
-			sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX);
+			sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX, 0);
 			return 0;
 		}
-		if (!(flags & SH_RX_READ))
-			return 0;
-		kmsg = bpf_cast_to_kern_ctx(msg);
-		me = BPF_CORE_READ(kmsg, sk);
-		written = BPF_CORE_READ((struct tcp_sock *)me, write_seq);
-		read = BPF_CORE_READ((struct tcp_sock *)peer, copied_seq);
-		if (written != read || sh_backlog_of(peer))
+		if (!(flags & SH_RX_READ) || BPF_CORE_READ((struct sock *)peer, sk_rcvlowat) > 1)
 			return 0;
 	}
-	/* Tell the peer we redirect into it before we do, then look again:
-	 * a peer that retires checks this flag after it said so itself, so
-	 * one of us sees the other (both are full barriers). */
-	self = sh_self(msg);
-	if (self)
-		__sync_fetch_and_or(&self->flags, SH_RX_SENDS);
-	if (rx->flags & (SH_RX_RETIRING | SH_RX_RETIRED)) {
-		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
+	kmsg = bpf_cast_to_kern_ctx(msg);
+	me = BPF_CORE_READ(kmsg, sk);
+	written = BPF_CORE_READ((struct tcp_sock *)me, write_seq);
+	read = BPF_CORE_READ((struct tcp_sock *)peer, copied_seq);
+	if (written != read || sh_backlog_of(peer))
+		return 0;
+	/* Tell the receiver we redirect into it, on its own word: a receiver
+	 * that retires sets RETIRING on the same word, so one atomic sees the
+	 * other whatever the CPU's memory model. */
+	old = __sync_fetch_and_or(&rx->flags, SH_RX_INCOMING);
+	if (old & (SH_RX_RETIRING | SH_RX_RETIRED)) {
+		if (!(old & SH_RX_INCOMING))
+			__sync_fetch_and_and(&rx->flags, ~(__u64)SH_RX_INCOMING);
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER, 0);
 		return 0;
 	}
+	state->flags |= SH_SOCK_INCOMING;
 	return 1;
 }
 
@@ -180,7 +204,7 @@ static __always_inline int sh_redirect(struct sk_msg_md *msg, struct sh_sock *st
 	/* Returns SK_DROP when the peer left the sockhash (closed): this
 	 * direction goes through TCP from now on. */
 	if (bpf_msg_redirect_hash(msg, &sockhop_socks, &state->peer, BPF_F_INGRESS) != SK_PASS) {
-		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER, 0);
 		return sh_tcp(msg);
 	}
 	sh_count(SH_STAT_REDIR_MSGS, 1);
@@ -192,12 +216,19 @@ static __always_inline int sh_redirect(struct sk_msg_md *msg, struct sh_sock *st
  * The receiver started reading in a way that does not see redirected data
  * (splice...) while bytes we redirected were still unread. Sending over TCP
  * now would let it read later bytes first; so this direction stays on
- * redirect (a receiver that goes back to recvmsg gets everything in order),
- * bounded: past the bound the send fails (EACCES) instead of queueing more.
+ * redirect (a receiver that goes back to recvmsg gets everything in order,
+ * and once it has, the direction leaves for TCP), bounded: past the bound
+ * the send fails (EACCES) instead of queueing more.
  */
 static __always_inline int sh_poisoned(struct sk_msg_md *msg, struct sh_sock *state)
 {
-	if (sh_backlog_limit && sh_backlog_of(state->peer_sk) > sh_backlog_limit)
+	__u32 backlog = sh_backlog_of(state->peer_sk);
+
+	if (!backlog) {
+		sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX, 0);
+		return sh_tcp(msg);
+	}
+	if (sh_backlog_limit && backlog > sh_backlog_limit)
 		return SK_DROP;
 	return sh_redirect(msg, state);
 }
@@ -211,7 +242,7 @@ int sockhop_msg(struct sk_msg_md *msg)
 
 	/* Every path but a poisoned one returns SK_PASS: a send sockhop does
 	 * not redirect goes through TCP, never dropped. Sends on one socket
-	 * are serialised by its socket lock, so state->tx has one writer. */
+	 * are serialised by its socket lock, so state has one writer. */
 	if (!sk)
 		return SK_PASS;
 	state = bpf_sk_storage_get(&sockhop_state, sk, 0, 0);
@@ -230,28 +261,32 @@ int sockhop_msg(struct sk_msg_md *msg)
 	case SH_TX_POISONED:
 		return sh_poisoned(msg, state);
 	default:
+		/* On TCP for good since an earlier run, which may have
+		 * redirected the last message into the peer. */
+		sh_stop_incoming(state);
 		return sh_tcp(msg);
 	}
 
+	rx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
 	/* The receiver was seen reading with MSG_WAITALL or splicing (or
 	 * the like) since. A recvmsg reader, MSG_WAITALL included, reads
 	 * redirected bytes before TCP's: leave for TCP. A splicer reads only
 	 * TCP's: leave only if nothing we redirected is unread, else stay
 	 * (sh_poisoned). */
-	rx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
-	if (rx && (rx->flags & SH_RX_RETIRING)) {
-		/* The peer is leaving the sockhash: a recvmsg reader. */
-		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER);
+	if (sh_guard && rx && (rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
+		if ((rx->flags & SH_RX_UNSAFE) && sh_backlog_of(state->peer_sk)) {
+			state->tx = SH_TX_POISONED;
+			sh_count(SH_STAT_TX_POISONED, 1);
+			return sh_poisoned(msg, state);
+		}
+		sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX, 0);
 		return sh_tcp(msg);
 	}
-	if (sh_guard && rx && (rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
-		if (!(rx->flags & SH_RX_UNSAFE) || !sh_backlog_of(state->peer_sk)) {
-			sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX);
-			return sh_tcp(msg);
-		}
-		state->tx = SH_TX_POISONED;
-		sh_count(SH_STAT_TX_POISONED, 1);
-		return sh_poisoned(msg, state);
+	if (rx && (rx->flags & SH_RX_RETIRING)) {
+		/* The peer's own sends are on TCP for good and it wants to
+		 * leave the sockhash: stop redirecting into it. */
+		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER, 0);
+		return sh_tcp(msg);
 	}
 
 	if (sh_redirect(msg, state) != SK_PASS || state->tx != SH_TX_REDIRECT)
@@ -262,7 +297,7 @@ int sockhop_msg(struct sk_msg_md *msg)
 	 * back, for good: this socket then leaves the sockhash to send as
 	 * plain TCP (a sender that never pauses would not catch up anyway). */
 	if (sh_backlog_limit && sh_redir_backlog(msg) > sh_backlog_limit)
-		sh_final(msg, state, SH_TX_BACKPRESSURE, SH_STAT_TX_BACKPRESSURE);
+		sh_final(msg, state, SH_TX_BACKPRESSURE, SH_STAT_TX_BACKPRESSURE, 1);
 	return SK_PASS;
 }
 
@@ -371,31 +406,31 @@ int sockhop_sysenter(unsigned long long *ctx)
 
 	switch (id) {
 	case SH_NR_SPLICE:
-		fd = BPF_CORE_READ(regs, di);
+		fd = (int)BPF_CORE_READ(regs, di);
 		hazard = SH_HAZARD_SPLICE;
 		break;
 	case SH_NR_SENDFILE:
-		fd = BPF_CORE_READ(regs, si);
+		fd = (int)BPF_CORE_READ(regs, si);
 		hazard = SH_HAZARD_SPLICE;
 		break;
 	case SH_NR_RECVFROM:
 	case SH_NR_RECVMMSG:
 		if (!(BPF_CORE_READ(regs, r10) & MSG_WAITALL))
 			return 0;
-		fd = BPF_CORE_READ(regs, di);
+		fd = (int)BPF_CORE_READ(regs, di);
 		hazard = SH_HAZARD_WAITALL;
 		break;
 	case SH_NR_RECVMSG:
 		if (!(BPF_CORE_READ(regs, dx) & MSG_WAITALL))
 			return 0;
-		fd = BPF_CORE_READ(regs, di);
+		fd = (int)BPF_CORE_READ(regs, di);
 		hazard = SH_HAZARD_WAITALL;
 		break;
 	case SH_NR_GETSOCKOPT:
 		if (BPF_CORE_READ(regs, si) != SH_IPPROTO_TCP ||
 		    BPF_CORE_READ(regs, dx) != SH_TCP_ZEROCOPY_RECEIVE)
 			return 0;
-		fd = BPF_CORE_READ(regs, di);
+		fd = (int)BPF_CORE_READ(regs, di);
 		hazard = SH_HAZARD_ZEROCOPY;
 		break;
 	default:

@@ -38,6 +38,7 @@ struct sock {
 	void *sk_user_data;
 	struct sock_cgroup_data sk_cgrp_data;
 	struct socket *sk_socket;
+	int sk_rcvlowat;
 } __co_re;
 
 /* Sequence numbers of a TCP socket: write_seq is one past the last byte the

@@ -62,7 +62,12 @@ struct sh_sock {
 	struct sh_key peer;
 	__u64 peer_sk;
 	__u32 tx;
-	__u32 waits; /* a client's sends while its server had not joined */
+	__u16 waits; /* a client's sends while its server had not joined */
+	__u16 flags; /* enum sh_sock_flags */
+};
+
+enum sh_sock_flags {
+	SH_SOCK_INCOMING = 1, /* we set SH_RX_INCOMING on the peer */
 };
 
 /* How many sends a client waits for its server end to join (it normally
@@ -81,7 +86,7 @@ enum sh_rx_flags {
 	SH_RX_RETIRING = 32, /* its own sends are on TCP for good: it leaves the
 			      * sockhash once nothing is redirected into it */
 	SH_RX_RETIRED = 64,  /* left the sockhash */
-	SH_RX_SENDS = 128,   /* its own sends are redirected now (mirror of tx) */
+	SH_RX_INCOMING = 128, /* its peer redirects into it (set by the peer) */
 };
 
 /* Reads with recvmsg/read (returning data, without MSG_WAITALL) a receiver

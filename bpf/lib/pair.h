@@ -232,6 +232,7 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 	state->peer.side = SH_SERVER;
 	state->peer_sk = 0;
 	state->waits = 0;
+	state->flags = 0;
 	state->tx = SH_TX_TCP;
 
 	if (sh_track(skops, sk)) {
@@ -296,6 +297,8 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 	state->peer = client;
 	state->peer_sk = client_sk;
 	state->tx = SH_TX_TCP;
+	state->waits = 0;
+	state->flags = 0;
 
 	if (sh_track(skops, sk))
 		return;
@@ -313,34 +316,30 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
  * A socket whose sends are on TCP for good (sh_final) leaves the sockhash,
  * so that its psock goes and it sends as plain TCP — but only once nothing
  * redirected into it is unread (leaving frees its psock's queue) and its
- * peer no longer redirects into it (the peer stops when it sees
- * SH_RX_RETIRING, and says so by clearing SH_RX_SENDS; see sh_may_switch
- * for why one of the two always sees the other). Runs on the ACKs of this
- * socket's TCP sends, under its socket lock.
+ * peer no longer redirects into it: the peer sets SH_RX_INCOMING on our
+ * entry before it redirects (and backs off if it finds RETIRING there), and
+ * clears it only from a send that did not redirect; both are atomics on
+ * this one word. Runs on the ACKs of this socket's TCP sends, under its
+ * socket lock.
  */
 static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock_ops_kern *kctx = bpf_cast_to_kern_ctx(skops);
 	struct bpf_sock *bsk = skops->sk;
-	struct sh_rx *rx, *prx;
 	struct sh_sock *state;
 	struct sh_key self = {}; /* zeroed: its padding is part of the key */
+	struct sh_rx *rx;
 	__u64 addr;
 
 	if (!bsk || !kctx->sk)
 		return;
 	addr = (__u64)kctx->sk;
 	rx = bpf_map_lookup_elem(&sockhop_rx, &addr);
-	if (!rx || !(rx->flags & SH_RX_RETIRING) || (rx->flags & SH_RX_RETIRED))
+	if (!rx || (rx->flags & (SH_RX_INCOMING | SH_RX_RETIRED)) || !(rx->flags & SH_RX_RETIRING))
 		return;
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
 	if (!state)
 		return;
-	if (state->peer_sk) {
-		prx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
-		if (prx && (prx->flags & SH_RX_SENDS))
-			return; /* the peer still redirects into us */
-	}
 	if (sh_backlog_of_sk(addr))
 		return; /* redirected bytes unread: leaving would free them */
 	self.conn = state->peer.conn;

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -36,6 +38,9 @@ const (
 	mapsDir   = "maps"
 	linksDir  = "links"
 	msgLinkID = "sk_msg"
+	// retiredDir holds datapath generations set aside by a map layout
+	// change, until their connections are gone.
+	retiredDir = "retired"
 	// The receive-side tracepoints: node-wide, attached once.
 	recvLinkID     = "tp-sock_recv_length"
 	sysenterLinkID = "tp-sys_enter"
@@ -67,8 +72,12 @@ type Options struct {
 	// NoSyscallGuard leaves out the sys_enter tracepoint that marks a
 	// receiver unsafe before a splice, sendfile, zerocopy or MSG_WAITALL
 	// read (docs/hazards.md). That tracepoint puts every syscall on the
-	// node on the kernel's slower traced entry path (tens of ns each); the
-	// rest of the receiver guard (reads observed, containers learnt) stays.
+	// node on the kernel's slower traced entry path (tens of ns each).
+	// Without it a direction still switches only into a receiver seen
+	// reading with recvmsg three times (so a reader that splices or waits
+	// for all from its first reads, or after a header, stays on TCP), but
+	// splicing is no longer detected: nothing is learnt, and a receiver
+	// that starts splicing after a switch is stranded.
 	NoSyscallGuard bool
 
 	// Unguarded redirects every direction from its first byte, whatever
@@ -163,6 +172,10 @@ func Load(opts Options) (*Datapath, error) {
 			d.Close()
 			return nil, err
 		}
+	}
+	if _, err := SweepRetired(opts.PinDir); err != nil {
+		d.Close()
+		return nil, err
 	}
 	if err := d.relink(); err != nil {
 		d.Close()
@@ -335,12 +348,15 @@ func (c carriedMap) restore(objs *sockhopObjects) error {
 	return nil
 }
 
-// retireMaps unpins the maps and the sk_msg link of an incompatible
+// retireMaps sets aside the maps and the sk_msg link of an incompatible
 // datapath, keeping the content of its configuration maps (attached pods,
-// pod IPs) where their layout is still the new one's. The maps live on
-// while a program uses them: the psocks of established connections hold
-// the sk_msg program they were paired under, so those connections carry on
-// as before; new ones use the new maps.
+// pod IPs) where their layout is still the new one's. Established
+// connections carry on as before: their psocks hold the sk_msg program they
+// were paired under, which holds its maps; and the old receive-side
+// tracepoints stay attached, moved with the old maps to retired/<gen>/, so
+// that their receiver guard keeps watching those connections' receivers
+// (SweepRetired removes a generation once its sockhash is empty). New
+// connections use the new maps.
 func retireMaps(pinDir string, spec *ebpf.CollectionSpec) ([]carriedMap, error) {
 	var carried []carriedMap
 	for _, name := range []string{sockhopMapSockhopPods, sockhopMapSockhopPodips} {
@@ -363,14 +379,63 @@ func retireMaps(pinDir string, spec *ebpf.CollectionSpec) ([]carriedMap, error) 
 		}
 		old.Close()
 	}
-	if err := os.RemoveAll(filepath.Join(pinDir, mapsDir)); err != nil {
+	gen := filepath.Join(pinDir, retiredDir, strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err := os.MkdirAll(filepath.Join(gen, linksDir), 0o700); err != nil {
 		return nil, err
 	}
+	if err := os.Rename(filepath.Join(pinDir, mapsDir), filepath.Join(gen, mapsDir)); err != nil {
+		return nil, fmt.Errorf("set aside the old maps: %w", err)
+	}
+	for _, id := range []string{recvLinkID, sysenterLinkID} {
+		err := os.Rename(filepath.Join(pinDir, linksDir, id), filepath.Join(gen, linksDir, id))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("set aside the old tracepoint link %s: %w", id, err)
+		}
+	}
+	// Unpinning the old sk_msg link detaches the program from the old
+	// sockhash; sockets in it keep their own reference.
 	msgPin := filepath.Join(pinDir, linksDir, msgLinkID)
 	if err := os.Remove(msgPin); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	return carried, os.MkdirAll(filepath.Join(pinDir, mapsDir), 0o700)
+}
+
+// SweepRetired removes the datapath generations set aside by a map layout
+// change (see Load) whose sockhash has emptied: their last connection
+// closed, so their tracepoints and maps can go. It returns how many remain.
+func SweepRetired(pinDir string) (int, error) {
+	if pinDir == "" {
+		pinDir = DefaultPinDir
+	}
+	dir := filepath.Join(pinDir, retiredDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	left := 0
+	var errs []error
+	for _, e := range entries {
+		gen := filepath.Join(dir, e.Name())
+		socks, err := ebpf.LoadPinnedMap(filepath.Join(gen, mapsDir, sockhopMapSockhopSocks), nil)
+		if err == nil {
+			n, cerr := countEntries(socks)
+			socks.Close()
+			if cerr != nil || n > 0 {
+				left++
+				continue
+			}
+		}
+		// Unpinning the links detaches the old tracepoints; the maps go
+		// with their last reference.
+		if err := os.RemoveAll(gen); err != nil {
+			errs = append(errs, fmt.Errorf("remove retired datapath %s: %w", gen, err))
+		}
+	}
+	return left, errors.Join(errs...)
 }
 
 // Close releases this process's handles. Pins, links and the sockets in

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -517,6 +518,27 @@ func TestResizeUnderTraffic(t *testing.T) {
 		t.Fatal(werr)
 	}
 	mustOK(t, res, spec.Conns, spec.Bytes)
+
+	// The old generation (its maps and receive-side tracepoints, which
+	// kept guarding the old connections' receivers) goes once its last
+	// connection has closed.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		left, err := datapath.SweepRetired(e.pinDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the retired datapath generation is still there after its connections closed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(e.pinDir, "retired")); len(entries) != 0 {
+		t.Fatalf("retired generations left: %v", entries)
+	}
 }
 
 // Never slower than TCP after back-pressure: a one-way bulk sender whose

@@ -60,7 +60,8 @@ type sockhopShSock struct {
 	Peer   sockhopShKey
 	PeerSk uint64
 	Tx     uint32
-	Waits  uint32
+	Waits  uint16
+	Flags  uint16
 }
 
 type sockhopShStat uint32
