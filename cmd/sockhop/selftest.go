@@ -46,8 +46,8 @@ func hazardLines(rep *datapath.SelfTestReport, err error) []doctorLine {
 			l.Detail = "present, guarded by sockhop: " + r.Detail
 		case r.Hazard == datapath.HazardSplice || r.Hazard == datapath.HazardWaitAll:
 			l.Level = levelWarn
-			l.Hint = "sidecar proxies do not use it, and by default sockhop redirects only into proxy-owned sockets: " +
-				"keep it that way on this kernel (do not enable app receivers)"
+			l.Hint = "the receiver guard redirects only into sockets seen reading with recvmsg and keeps those that " +
+				"splice or wait for all on TCP (docs/hazards.md); keep --syscall-guard on, on this kernel"
 		case r.Hazard == datapath.HazardTCPInfo:
 			l.Level = levelInfo
 			l.Hint = "TCP_INFO and 'ss -i' miss redirected bytes: read 'sockhop status' or the sockhop_ metrics instead"

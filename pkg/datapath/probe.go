@@ -68,6 +68,8 @@ func Checks() []Check {
 		{"sk_msg helper bpf_probe_read_kernel", helper(ebpf.SkMsg, asm.FnProbeReadKernel)},
 		{"tracepoint sock_recv_length (Linux 6.3)", haveKernelType("btf_trace_sock_recv_length")},
 		{"tracepoint sys_enter", haveKernelType("btf_trace_sys_enter")},
+		{"field sk_psock.msg_tot_len (the 2026 sockmap FIONREAD fix)", haveKernelField("sk_psock", "msg_tot_len")},
+		{"kfunc bpf_cast_to_kern_ctx (Linux 6.2)", haveKernelFunc("bpf_cast_to_kern_ctx")},
 	}
 	checks := make([]Check, 0, len(probes))
 	for _, p := range probes {
@@ -85,6 +87,42 @@ func haveKernelType(name string) func() error {
 			return err
 		}
 		if _, err := spec.AnyTypeByName(name); err != nil {
+			return fmt.Errorf("%s: %w", name, ebpf.ErrNotSupported)
+		}
+		return nil
+	}
+}
+
+// haveKernelField checks that a kernel struct has a field (CO-RE reads of
+// a missing field make the whole load fail).
+func haveKernelField(typ, field string) func() error {
+	return func() error {
+		spec, err := btf.LoadKernelSpec()
+		if err != nil {
+			return err
+		}
+		var st *btf.Struct
+		if err := spec.TypeByName(typ, &st); err != nil {
+			return fmt.Errorf("struct %s: %w", typ, ebpf.ErrNotSupported)
+		}
+		for _, m := range st.Members {
+			if m.Name == field {
+				return nil
+			}
+		}
+		return fmt.Errorf("struct %s has no field %s: %w", typ, field, ebpf.ErrNotSupported)
+	}
+}
+
+// haveKernelFunc checks that the kernel's BTF has a function (a kfunc).
+func haveKernelFunc(name string) func() error {
+	return func() error {
+		spec, err := btf.LoadKernelSpec()
+		if err != nil {
+			return err
+		}
+		var fn *btf.Func
+		if err := spec.TypeByName(name, &fn); err != nil {
 			return fmt.Errorf("%s: %w", name, ebpf.ErrNotSupported)
 		}
 		return nil
