@@ -319,6 +319,7 @@ static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
 		if (flag == SH_RX_UNSAFE && sh_backlog_of(sk)) {
 			__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED);
 			sh_count(SH_STAT_RX_STRANDED, 1);
+			hazard |= SH_HAZARD_STRANDED;
 		}
 	}
 	/* Learn: this container's later sockets are not paired. */
@@ -449,3 +450,4 @@ int sockhop_sysenter(unsigned long long *ctx)
 const enum sh_stat *sh_stat_btf __attribute__((unused));
 const enum sh_tx *sh_tx_btf __attribute__((unused));
 const enum sh_rx_flags *sh_rx_btf __attribute__((unused));
+const enum sh_hazard_flags *sh_hazard_btf __attribute__((unused));

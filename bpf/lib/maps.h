@@ -117,6 +117,7 @@ enum sh_hazard_flags {
 	SH_HAZARD_SPLICE = 1,
 	SH_HAZARD_WAITALL = 2,
 	SH_HAZARD_ZEROCOPY = 4,
+	SH_HAZARD_STRANDED = 8, /* ...while redirected bytes were unread */
 };
 
 #define SH_MAX_EXCLUDE_PORTS 16

@@ -208,6 +208,11 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 			closeDatapath(dp, logger)
 			return fmt.Errorf("set up pod controller: %w", err)
 		}
+		// Events for containers the receiver guard learnt to keep on TCP.
+		if err := mgr.Add(&controllers.HazardReporter{Source: dp, Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("sockhop-agent")}); err != nil {
+			closeDatapath(dp, logger)
+			return fmt.Errorf("set up hazard reporter: %w", err)
+		}
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err

@@ -3,8 +3,7 @@ package datapath
 import (
 	"encoding/binary"
 	"fmt"
-
-	"github.com/cilium/ebpf"
+	"strings"
 )
 
 // Counters are the datapath's totals since it was first loaded on this node.
@@ -126,25 +125,57 @@ func (d *Datapath) Sockets() (int, error) {
 // sockets were read safely all their life, whose new connections are
 // redirected from their first byte.
 type Learnt struct {
-	Hazardous []uint64 // cgroup ids
+	Hazardous map[uint64]ReaderHazards // by cgroup id
 	Trusted   []uint64
+}
+
+// ReaderHazards is what a cgroup was seen doing on a paired socket.
+type ReaderHazards uint64
+
+// ReaderHazards bits.
+const (
+	SawSplice   = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_SPLICE)   // splice or sendfile from it
+	SawWaitAll  = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_WAITALL)  // recv with MSG_WAITALL
+	SawZeroCopy = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_ZEROCOPY) // TCP_ZEROCOPY_RECEIVE
+	// SawStranded: one of those while redirected bytes were unread: that
+	// connection may stall (docs/hazards.md).
+	SawStranded = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_STRANDED)
+)
+
+func (h ReaderHazards) String() string {
+	var parts []string
+	for _, b := range []struct {
+		bit  ReaderHazards
+		name string
+	}{{SawSplice, "splice"}, {SawWaitAll, "MSG_WAITALL"}, {SawZeroCopy, "zerocopy receive"}} {
+		if h&b.bit != 0 {
+			parts = append(parts, b.name)
+		}
+	}
+	s := strings.Join(parts, ", ")
+	if h&SawStranded != 0 {
+		s += " (with redirected bytes unread)"
+	}
+	return s
 }
 
 // Learnt lists the cgroups the receiver guard has learnt about.
 func (d *Datapath) Learnt() (Learnt, error) {
-	var l Learnt
-	for _, m := range []struct {
-		mp  interface{ Iterate() *ebpf.MapIterator }
-		ids *[]uint64
-	}{{d.objs.SockhopHazard, &l.Hazardous}, {d.objs.SockhopTrust, &l.Trusted}} {
-		var id, v uint64
-		iter := m.mp.Iterate()
-		for iter.Next(&id, &v) {
-			*m.ids = append(*m.ids, id)
-		}
-		if err := iter.Err(); err != nil {
-			return l, fmt.Errorf("list learnt cgroups: %w", err)
-		}
+	l := Learnt{Hazardous: map[uint64]ReaderHazards{}}
+	var id, v uint64
+	iter := d.objs.SockhopHazard.Iterate()
+	for iter.Next(&id, &v) {
+		l.Hazardous[id] = ReaderHazards(v)
+	}
+	if err := iter.Err(); err != nil {
+		return l, fmt.Errorf("list hazardous cgroups: %w", err)
+	}
+	iter = d.objs.SockhopTrust.Iterate()
+	for iter.Next(&id, &v) {
+		l.Trusted = append(l.Trusted, id)
+	}
+	if err := iter.Err(); err != nil {
+		return l, fmt.Errorf("list trusted cgroups: %w", err)
 	}
 	return l, nil
 }

@@ -24,6 +24,15 @@ type sockhopShConn struct {
 	_          [4]byte
 }
 
+type sockhopShHazardFlags uint32
+
+const (
+	sockhopShHazardFlagsSH_HAZARD_SPLICE   sockhopShHazardFlags = 1
+	sockhopShHazardFlagsSH_HAZARD_WAITALL  sockhopShHazardFlags = 2
+	sockhopShHazardFlagsSH_HAZARD_ZEROCOPY sockhopShHazardFlags = 4
+	sockhopShHazardFlagsSH_HAZARD_STRANDED sockhopShHazardFlags = 8
+)
+
 type sockhopShIp struct {
 	_    structs.HostLayout
 	Addr [4]uint32
@@ -127,6 +136,7 @@ const (
 	sockhopVarShAppReceivers   = "sh_app_receivers"
 	sockhopVarShBacklogLimit   = "sh_backlog_limit"
 	sockhopVarShGuard          = "sh_guard"
+	sockhopVarShHazardBtf      = "sh_hazard_btf"
 	sockhopVarShProxyUids      = "sh_proxy_uids"
 	sockhopVarShRxBtf          = "sh_rx_btf"
 	sockhopVarShStatBtf        = "sh_stat_btf"
@@ -203,6 +213,7 @@ type sockhopVariableSpecs struct {
 	ShAppReceivers *ebpf.VariableSpec `ebpf:"sh_app_receivers"`
 	ShBacklogLimit *ebpf.VariableSpec `ebpf:"sh_backlog_limit"`
 	ShGuard        *ebpf.VariableSpec `ebpf:"sh_guard"`
+	ShHazardBtf    *ebpf.VariableSpec `ebpf:"sh_hazard_btf"`
 	ShProxyUids    *ebpf.VariableSpec `ebpf:"sh_proxy_uids"`
 	ShRxBtf        *ebpf.VariableSpec `ebpf:"sh_rx_btf"`
 	ShStatBtf      *ebpf.VariableSpec `ebpf:"sh_stat_btf"`
@@ -261,6 +272,7 @@ type sockhopVariables struct {
 	ShAppReceivers *ebpf.Variable `ebpf:"sh_app_receivers"`
 	ShBacklogLimit *ebpf.Variable `ebpf:"sh_backlog_limit"`
 	ShGuard        *ebpf.Variable `ebpf:"sh_guard"`
+	ShHazardBtf    *ebpf.Variable `ebpf:"sh_hazard_btf"`
 	ShProxyUids    *ebpf.Variable `ebpf:"sh_proxy_uids"`
 	ShRxBtf        *ebpf.Variable `ebpf:"sh_rx_btf"`
 	ShStatBtf      *ebpf.Variable `ebpf:"sh_stat_btf"`
