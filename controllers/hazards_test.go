@@ -24,7 +24,7 @@ type learntSource struct {
 	atts   []datapath.Attachment
 }
 
-func (s *learntSource) Learnt() (datapath.Learnt, error)             { return s.learnt, nil }
+func (s *learntSource) Learnt() (datapath.Learnt, error)            { return s.learnt, nil }
 func (s *learntSource) Attachments() ([]datapath.Attachment, error) { return s.atts, nil }
 
 type hazardEvent struct{ obj, typ, reason, note string }
