@@ -29,7 +29,7 @@ volatile const __u32 sh_proxy_uids[4] = {1337, 2102, 5678, 0xffffffff};
 volatile const __u8 sh_app_receivers = 0;
 /* Bytes redirected into a receiver and not yet read before the sender's
  * direction switches to TCP for good; 0 = unbounded. */
-volatile const __u32 sh_backlog_limit = 4 << 20;
+volatile const __u32 sh_backlog_limit = 3 << 20;
 /* 1: a direction switches to redirect only into a receiver seen reading
  * safely (the receiver guard); 0 (tests only): from its first byte. */
 volatile const __u8 sh_guard = 1;
