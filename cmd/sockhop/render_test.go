@@ -27,6 +27,9 @@ type source struct {
 func (s source) Attachments() ([]datapath.Attachment, error) { return s.atts, s.err }
 func (s source) Counters() (datapath.Counters, error)        { return s.c, nil }
 func (s source) Sockets() (int, error)                       { return s.sockets, nil }
+func (s source) MapFill() ([]datapath.MapFill, error) {
+	return []datapath.MapFill{{Name: "sockhash", Entries: s.sockets, Capacity: 262144}}, nil
+}
 func (s source) Build() (datapath.Build, error) {
 	return datapath.Build{SockopsTag: "0123456789abcdef", MsgTag: "fedcba9876543210",
 		Options: datapath.Options{ProxyUIDs: []uint32{1337}, BacklogLimit: 3 << 20}}, nil
@@ -69,6 +72,7 @@ func TestStatusTable(t *testing.T) {
 		"BestEffort",
 		"5432,9300",
 		"sockets in the sockhash now",
+		"4 of 262144 entries (0%)",
 		"1000 messages, 3.0 MiB",
 		"excluded_port=3 remote=12",
 		"failed map operations",

@@ -77,6 +77,7 @@ type statusSource interface {
 	Attachments() ([]datapath.Attachment, error)
 	Counters() (datapath.Counters, error)
 	Sockets() (int, error)
+	MapFill() ([]datapath.MapFill, error)
 	Build() (datapath.Build, error)
 }
 
@@ -85,8 +86,10 @@ type statusReport struct {
 	Datapath    datapathView     `json:"datapath"`
 	Attachments []attachmentView `json:"attachments"`
 	// SocketsInMap is how many sockets are in the sockhash now.
-	SocketsInMap int          `json:"sockets_in_sockhash"`
-	Counters     countersView `json:"counters"`
+	SocketsInMap int `json:"sockets_in_sockhash"`
+	// Maps: how full the maps that bound acceleration are.
+	Maps     []mapFillView `json:"maps"`
+	Counters countersView  `json:"counters"`
 	// Hazards is the self-test on the running kernel (absent when skipped).
 	Hazards      []hazardView `json:"hazards,omitempty"`
 	HazardsError string       `json:"hazards_error,omitempty"`
@@ -94,6 +97,12 @@ type statusReport struct {
 	// kernel, so that even an unguarded redirect into any socket (not only
 	// sidecar proxies') is safe on this kernel.
 	AppReceiversSafe *bool `json:"app_receivers_safe,omitempty"`
+}
+
+type mapFillView struct {
+	Name     string `json:"name"`
+	Entries  int    `json:"entries"`
+	Capacity int    `json:"capacity"`
 }
 
 type attachmentView struct {
@@ -167,6 +176,14 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 	if rep.SocketsInMap, err = src.Sockets(); err != nil {
 		return rep, err
 	}
+	fills, err := src.MapFill()
+	if err != nil {
+		return rep, err
+	}
+	rep.Maps = []mapFillView{}
+	for _, f := range fills {
+		rep.Maps = append(rep.Maps, mapFillView{Name: f.Name, Entries: f.Entries, Capacity: f.Capacity})
+	}
 	return rep, nil
 }
 
@@ -210,6 +227,13 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	fmt.Fprintln(w, "COUNTERS (since the datapath was first loaded)")
 	tw = newTable(w)
 	fmt.Fprintf(tw, "  sockets in the sockhash now\t%d\n", rep.SocketsInMap)
+	for _, m := range rep.Maps {
+		pct := 0.0
+		if m.Capacity > 0 {
+			pct = 100 * float64(m.Entries) / float64(m.Capacity)
+		}
+		fmt.Fprintf(tw, "  map %s\t%d of %d entries (%.0f%%)\n", m.Name, m.Entries, m.Capacity, pct)
+	}
 	fmt.Fprintf(tw, "  paired sockets\t%d\n", c.PairedSockets)
 	fmt.Fprintf(tw, "  redirected\t%d messages, %s\n", c.RedirectedMessages, bytesText(c.RedirectedBytes))
 	fmt.Fprintf(tw, "  paired sockets' sends through TCP\t%d messages, %s\n", c.TCPMessages, bytesText(c.TCPBytes))

@@ -34,6 +34,9 @@ func Open(pinDir string) (*Datapath, error) {
 		{"sockhop_pods", &d.objs.SockhopPods},
 		{"sockhop_podips", &d.objs.SockhopPodips},
 		{"sockhop_stats", &d.objs.SockhopStats},
+		{"sockhop_rx", &d.objs.SockhopRx},
+		{"sockhop_hazard", &d.objs.SockhopHazard},
+		{"sockhop_trust", &d.objs.SockhopTrust},
 	} {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(maps, m.name), nil)
 		if err != nil {
@@ -55,7 +58,10 @@ func Open(pinDir string) (*Datapath, error) {
 		d.Close()
 		return nil, fmt.Errorf("read installed options: %w", err)
 	}
-	for name, dst := range map[string]**ebpf.Program{"sockops": &d.objs.SockhopSockops, "sk_msg": &d.objs.SockhopMsg} {
+	for name, dst := range map[string]**ebpf.Program{
+		"sockops": &d.objs.SockhopSockops, "sk_msg": &d.objs.SockhopMsg,
+		"recv": &d.objs.SockhopRecv, "sys_enter": &d.objs.SockhopSysenter,
+	} {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
 		if err != nil {
 			d.Close()
