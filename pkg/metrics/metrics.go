@@ -143,6 +143,9 @@ type datapathCollector struct {
 	pairedSockets      *prometheus.Desc
 	passthrough        *prometheus.Desc
 	errors             *prometheus.Desc
+	guard              *prometheus.Desc
+	mapEntries         *prometheus.Desc
+	mapCapacity        *prometheus.Desc
 
 	mu        sync.Mutex
 	src       CounterSource
@@ -161,8 +164,20 @@ func newDatapathCollector() *datapathCollector {
 			"Connections or directions of accelerated pods left on TCP, by reason.", []string{"reason"}, nil),
 		errors: prometheus.NewDesc("sockhop_datapath_errors_total",
 			"Failed datapath operations, by operation: map operations inside the BPF programs and the agent's attach, detach and map updates.", []string{"op"}, nil),
+		guard: prometheus.NewDesc("sockhop_guard_events_total",
+			"What the receiver guard and back-pressure did, by event: switch (a direction moved from TCP to redirect), unsafe_receiver (a paired receiver seen splicing or reading with MSG_WAITALL), stranded (...while redirected bytes were unread), retired (a socket left the sockhash to send as plain TCP).", []string{"event"}, nil),
+		mapEntries: prometheus.NewDesc("sockhop_map_entries",
+			"Entries in the maps that bound acceleration (sockhash, receivers, pending).", []string{"map"}, nil),
+		mapCapacity: prometheus.NewDesc("sockhop_map_capacity",
+			"Capacity of those maps (--max-connections): past it new connections stay on TCP.", []string{"map"}, nil),
 		agentErrs: map[string]uint64{},
 	}
+}
+
+// FillSource is what a CounterSource that also knows how full its maps
+// are offers (the loaded datapath does).
+type FillSource interface {
+	MapFill() ([]datapath.MapFill, error)
 }
 
 func (c *datapathCollector) setSource(src CounterSource) {
@@ -183,6 +198,9 @@ func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.pairedSockets
 	ch <- c.passthrough
 	ch <- c.errors
+	ch <- c.guard
+	ch <- c.mapEntries
+	ch <- c.mapCapacity
 }
 
 func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -218,6 +236,22 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for op, n := range counters.MapErrors {
 			errs[op] += n
+		}
+		for _, g := range []struct {
+			event string
+			n     uint64
+		}{{"switch", counters.Switches}, {"unsafe_receiver", counters.UnsafeReceivers}, {"stranded", counters.Stranded}, {"retired", counters.Retired}} {
+			ch <- prometheus.MustNewConstMetric(c.guard, prometheus.CounterValue, float64(g.n), g.event)
+		}
+		if fs, isFill := src.(FillSource); isFill {
+			if fills, err := fs.MapFill(); err == nil {
+				for _, f := range fills {
+					ch <- prometheus.MustNewConstMetric(c.mapEntries, prometheus.GaugeValue, float64(f.Entries), f.Name)
+					ch <- prometheus.MustNewConstMetric(c.mapCapacity, prometheus.GaugeValue, float64(f.Capacity), f.Name)
+				}
+			} else {
+				errs[OpCounters]++
+			}
 		}
 	}
 	for _, op := range sortedKeys(errs) {

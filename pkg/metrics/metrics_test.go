@@ -138,3 +138,42 @@ func TestHistogramBucketsStartAtOneMillisecond(t *testing.T) {
 	}
 	t.Error("no sockhop_attach_latency_seconds")
 }
+
+// fillCounters also knows how full its maps are, as the datapath does.
+type fillCounters struct {
+	counters
+	fills []datapath.MapFill
+}
+
+func (f *fillCounters) MapFill() ([]datapath.MapFill, error) { return f.fills, nil }
+
+func TestGuardAndMapPressure(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := New("v1")
+	if err := m.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	m.SetCounterSource(&fillCounters{
+		counters: counters{c: datapath.Counters{Switches: 5, UnsafeReceivers: 2, Stranded: 1, Retired: 3}},
+		fills:    []datapath.MapFill{{Name: "sockhash", Entries: 40, Capacity: 262144}, {Name: "pending", Entries: 0, Capacity: 131072}},
+	})
+	want := `
+# HELP sockhop_guard_events_total What the receiver guard and back-pressure did, by event: switch (a direction moved from TCP to redirect), unsafe_receiver (a paired receiver seen splicing or reading with MSG_WAITALL), stranded (...while redirected bytes were unread), retired (a socket left the sockhash to send as plain TCP).
+# TYPE sockhop_guard_events_total counter
+sockhop_guard_events_total{event="retired"} 3
+sockhop_guard_events_total{event="stranded"} 1
+sockhop_guard_events_total{event="switch"} 5
+sockhop_guard_events_total{event="unsafe_receiver"} 2
+# HELP sockhop_map_capacity Capacity of those maps (--max-connections): past it new connections stay on TCP.
+# TYPE sockhop_map_capacity gauge
+sockhop_map_capacity{map="pending"} 131072
+sockhop_map_capacity{map="sockhash"} 262144
+# HELP sockhop_map_entries Entries in the maps that bound acceleration (sockhash, receivers, pending).
+# TYPE sockhop_map_entries gauge
+sockhop_map_entries{map="pending"} 0
+sockhop_map_entries{map="sockhash"} 40
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "sockhop_guard_events_total", "sockhop_map_capacity", "sockhop_map_entries"); err != nil {
+		t.Error(err)
+	}
+}
