@@ -20,7 +20,11 @@ import (
 type HazardSource interface {
 	Learnt() (datapath.Learnt, error)
 	Attachments() ([]datapath.Attachment, error)
+	Counters() (datapath.Counters, error)
 }
+
+// fullLogEvery rate-limits the log line that says the maps are full.
+const fullLogEvery = time.Minute
 
 // DefaultHazardPeriod is how often the reporter looks for new learnt hazards.
 const DefaultHazardPeriod = 2 * time.Second
@@ -38,6 +42,8 @@ type HazardReporter struct {
 	Period   time.Duration
 
 	reported map[uint64]datapath.ReaderHazards
+	refused  uint64    // failed map operations seen so far
+	loggedAt time.Time // when the last "maps full" line was logged
 }
 
 // NeedLeaderElection: every node's agent reports its own pods.
@@ -63,10 +69,24 @@ func (h *HazardReporter) Start(ctx context.Context) error {
 	}
 }
 
-// Report emits the Events for hazards learnt since the last call.
+// Report emits the Events for hazards learnt since the last call, and logs
+// (at most once a minute) when map operations failed since: the node ran
+// out of map capacity, and new connections stay on TCP.
 func (h *HazardReporter) Report(ctx context.Context) error {
 	if h.reported == nil {
 		h.reported = map[uint64]datapath.ReaderHazards{}
+	}
+	if c, err := h.Source.Counters(); err == nil {
+		var refused uint64
+		for _, n := range c.MapErrors {
+			refused += n
+		}
+		if refused > h.refused && time.Since(h.loggedAt) >= fullLogEvery {
+			log.FromContext(ctx).Error(nil, "map operations failed: the node's maps are full (see sockhop_map_entries); new connections stay on TCP until entries free up or --max-connections grows",
+				"failed", refused-h.refused, "errors", c.MapErrors)
+			h.loggedAt = time.Now()
+			h.refused = refused
+		}
 	}
 	learnt, err := h.Source.Learnt()
 	if err != nil {

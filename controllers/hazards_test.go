@@ -26,6 +26,7 @@ type learntSource struct {
 
 func (s *learntSource) Learnt() (datapath.Learnt, error)            { return s.learnt, nil }
 func (s *learntSource) Attachments() ([]datapath.Attachment, error) { return s.atts, nil }
+func (s *learntSource) Counters() (datapath.Counters, error)        { return datapath.Counters{}, nil }
 
 type hazardEvent struct{ obj, typ, reason, note string }
 
