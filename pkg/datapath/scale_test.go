@@ -177,3 +177,42 @@ func BenchmarkScale(b *testing.B) {
 		})
 	}
 }
+
+// No leaked or evicted pending state: a connection's pending entry (and
+// its receivers' entries) go on every outcome — paired, a client that
+// closes before it sends, a server in a cgroup that is not attached, a
+// server end that saw data before its handshake completed — so the maps
+// return to empty.
+func TestPendingRemovedOnEveryOutcome(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	other, err := e.bed.Cgroup("not-attached")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeEcho, Listen: []string{"127.0.0.1:8080"}})
+	e.server(&pod{name: "srv", ns: p.ns, cgroup: other}, 0, testbed.PeerSpec{Mode: testbed.ModeEcho, Listen: []string{"127.0.0.1:8081"}})
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8082"}, DeferAccept: true})
+	for _, c := range []struct {
+		what string
+		spec testbed.PeerSpec
+	}{
+		{"paired", testbed.PeerSpec{Mode: testbed.ModeConnRate, Target: "127.0.0.1:8080", Iterations: 200}},
+		{"closed before sending", testbed.PeerSpec{Mode: testbed.ModeConnectClose, Target: "127.0.0.1:8080", Conns: 200}},
+		{"server not attached", testbed.PeerSpec{Mode: testbed.ModeConnRate, Target: "127.0.0.1:8081", Iterations: 200}},
+		{"server saw data first", testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8082", Conns: 20, Parallel: 4, Bytes: 1 << 20, MaxWrite: 16 << 10}},
+	} {
+		t.Run(c.what, func(t *testing.T) {
+			before := e.counters()
+			if res := e.client(p, 0, c.spec); res.Err() != nil {
+				t.Fatal(res.Err())
+			}
+			d := diff(before, e.counters())
+			if d.paired == 0 {
+				t.Fatalf("no socket paired: the case was not tested: %v", d)
+			}
+			waitMapsEmpty(t, e)
+			t.Logf("%v; maps empty", d)
+		})
+	}
+}

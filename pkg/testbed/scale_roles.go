@@ -23,7 +23,27 @@ const ModeConnHold = "conn-hold"
 
 const heldConnsMarker = "sockhop-conns-held "
 
-func init() { ClientModes[ModeConnHold] = connHold }
+// ModeConnectClose is a client that opens Conns connections to Target and
+// closes each at once, without sending.
+const ModeConnectClose = "connect-close"
+
+func init() {
+	ClientModes[ModeConnHold] = connHold
+	ClientModes[ModeConnectClose] = connectClose
+}
+
+func connectClose(spec PeerSpec) (Result, error) {
+	var res Result
+	for i := 0; i < max(spec.Conns, 1); i++ {
+		c, err := Dial(spec, 0)
+		if err != nil {
+			return res, err
+		}
+		c.Close()
+		res.Conns++
+	}
+	return res, nil
+}
 
 func connHold(spec PeerSpec) (Result, error) {
 	n, par := max(spec.Conns, 1), max(spec.Parallel, 1)
