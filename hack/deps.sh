@@ -4,20 +4,37 @@
 set -euo pipefail
 
 pkgs=(clang llvm libbpf-dev iproute2 iptables util-linux)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# prometheus: its promtool checks and unit-tests the chart's alert rules and
+# dashboard queries (charts/sockhop). Installed without its recommends (the node
+# exporter); sockhop's scripts start no Prometheus service from it.
+norecommends=(prometheus)
 
-echo "installing: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-for attempt in 1 2 3; do
-	if apt-get update -q && apt-get install -y -q "${missing[@]}"; then
-		exit 0
-	fi
-	echo "apt-get failed (attempt $attempt); repairing and retrying" >&2
-	apt-get install -f -y -q || true
-	sleep 5
-done
-exit 1
+missing() {
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+	done
+}
+
+# install [apt-get install options --] PACKAGE...
+install() {
+	local opts=()
+	while [ "$1" != "--" ]; do opts+=("$1"); shift; done
+	shift
+	[ $# -eq 0 ] && return 0
+	echo "installing: $*"
+	export DEBIAN_FRONTEND=noninteractive
+	for attempt in 1 2 3; do
+		if apt-get update -q && apt-get install -y -q "${opts[@]}" "$@"; then
+			return 0
+		fi
+		echo "apt-get failed (attempt $attempt); repairing and retrying" >&2
+		apt-get install -f -y -q || true
+		sleep 5
+	done
+	return 1
+}
+
+mapfile -t need < <(missing "${pkgs[@]}")
+install -- "${need[@]}"
+mapfile -t need < <(missing "${norecommends[@]}")
+install --no-install-recommends -- "${need[@]}"
