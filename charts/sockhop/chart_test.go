@@ -54,6 +54,8 @@ type objects struct {
 	service        *corev1.Service
 	podMonitor     map[string]any
 	serviceMonitor map[string]any
+	prometheusRule map[string]any
+	configMaps     []*corev1.ConfigMap
 	metas          []metav1.ObjectMeta // of every object
 	notes          string
 }
@@ -179,6 +181,12 @@ func (o *objects) add(doc []byte) error {
 		into = &o.podMonitor
 	case "monitoring.coreos.com/v1 ServiceMonitor":
 		into = &o.serviceMonitor
+	case "monitoring.coreos.com/v1 PrometheusRule":
+		into = &o.prometheusRule
+	case "v1 ConfigMap":
+		cm := &corev1.ConfigMap{}
+		o.configMaps = append(o.configMaps, cm)
+		into = cm
 	default:
 		return fmt.Errorf("unexpected object %s %s", head.APIVersion, head.Kind)
 	}
@@ -799,6 +807,14 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"extraArgs not a flag", map[string]any{"extraArgs": []any{"zap-devel"}}, "/extraArgs/0"},
 		{"bad nodeSelector key", map[string]any{"nodeSelector": map[string]any{"a b": "x"}}, "/nodeSelector"},
 		{"bad podMonitor label value", map[string]any{"podMonitor": map[string]any{"labels": map[string]any{"release": "a b"}}}, "/podMonitor/labels/release"},
+		{"dashboards.enabled as string", map[string]any{"dashboards": map[string]any{"enabled": "yes"}}, "/dashboards/enabled"},
+		{"dashboard label key with a space", map[string]any{"dashboards": map[string]any{"label": "grafana dashboard"}}, "/dashboards/label"},
+		{"dashboard namespace not a name", map[string]any{"dashboards": map[string]any{"namespace": "Monitoring"}}, "/dashboards/namespace"},
+		{"unknown alert disabled", map[string]any{"prometheusRule": map[string]any{"disabled": []any{"SockhopDown"}}}, "/prometheusRule/disabled/0"},
+		{"map pressure threshold above 1", map[string]any{"prometheusRule": map[string]any{"mapPressureThreshold": 1.5}}, "/prometheusRule/mapPressureThreshold"},
+		{"no hazard guard reasons", map[string]any{"prometheusRule": map[string]any{"hazardGuards": map[string]any{"reasons": []any{}}}}, "/prometheusRule/hazardGuards/reasons"},
+		{"hazard reason with a quote", map[string]any{"prometheusRule": map[string]any{"hazardGuards": map[string]any{"reasons": []any{`a"b`}}}}, "/prometheusRule/hazardGuards/reasons/0"},
+		{"alert label not a Prometheus name", map[string]any{"prometheusRule": map[string]any{"alertLabels": map[string]any{"team-name": "x"}}}, "/prometheusRule/alertLabels"},
 		{"toleration operator unknown", map[string]any{"tolerations": []any{map[string]any{"operator": "Any"}}}, "/tolerations/0/operator"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1025,7 +1041,8 @@ var optional = map[string]bool{"seccompProfile.localhostProfile": true, "appArmo
 func TestLint(t *testing.T) {
 	for _, vals := range []map[string]any{
 		nil,
-		{"podMonitor": map[string]any{"enabled": true}, "serviceMonitor": map[string]any{"enabled": true}},
+		{"podMonitor": map[string]any{"enabled": true}, "serviceMonitor": map[string]any{"enabled": true},
+			"dashboards": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true}},
 	} {
 		l := lint.All(chartDir, vals, namespace, false)
 		for _, m := range l.Messages {
