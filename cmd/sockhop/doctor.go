@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -46,6 +47,11 @@ type doctorInput struct {
 	// MountInfo is the text of /proc/self/mountinfo.
 	MountInfo    string
 	MountInfoErr error
+	// ProcCgroup is the text of /proc/self/cgroup: one line for every cgroup
+	// hierarchy the kernel has, whatever this process' mount namespace
+	// mounts, so that inside a pod it shows the host's v1 controllers.
+	ProcCgroup    string
+	ProcCgroupErr error
 	// BPFFS: whether /sys/fs/bpf is a bpf filesystem.
 	BPFFS    bool
 	BPFFSErr error
@@ -123,6 +129,8 @@ func gatherDoctorInput(pinDir string) doctorInput {
 	in.CgroupMode = cgroups.Mode()
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	in.MountInfo, in.MountInfoErr = string(b), err
+	b, err = os.ReadFile("/proc/self/cgroup")
+	in.ProcCgroup, in.ProcCgroupErr = string(b), err
 	var st unix.Statfs_t
 	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil {
 		in.BPFFSErr = err
@@ -205,16 +213,8 @@ func evaluateDoctor(in doctorInput) doctorReport {
 	}
 
 	// net_cls / net_prio.
-	if in.MountInfoErr != nil {
-		add("net_cls/net_prio", levelWarn, "cannot read /proc/self/mountinfo: "+in.MountInfoErr.Error(), "")
-	} else if where := netClsPrioMounts(in.MountInfo); len(where) > 0 {
-		add("net_cls/net_prio", levelFail, "mounted as cgroup v1 controllers at "+strings.Join(where, ", "),
-			"once net_cls or net_prio is used the kernel turns off cgroup v2 socket matching for every socket (dmesg: "+
-				"\"disabling cgroup2 socket matching due to net_prio or net_cls activation\") and sockops programs on pod cgroups see nothing; "+
-				"boot with cgroup_no_v1=net_cls,net_prio (or stop mounting these controllers) and reboot")
-	} else {
-		add("net_cls/net_prio", levelOK, "not mounted as cgroup v1 controllers", "")
-	}
+	level, detail, hint := evaluateNetClsPrio(in)
+	add("net_cls/net_prio", level, detail, hint)
 
 	// bpffs.
 	switch {
@@ -316,6 +316,79 @@ func evaluateCaps(capEff uint64) (level, detail, hint string) {
 			": run as root, or add them to the container's securityContext.capabilities (the chart does)"
 	}
 	return levelOK, detail, ""
+}
+
+// netClsPrioHint says what net_cls/net_prio in a v1 hierarchy does and how
+// to stop it.
+const netClsPrioHint = "once net_cls or net_prio is used the kernel turns off cgroup v2 socket matching for every socket (dmesg: " +
+	"\"disabling cgroup2 socket matching due to net_prio or net_cls activation\") and sockops programs on pod cgroups see nothing; " +
+	"boot with cgroup_no_v1=net_cls,net_prio (or stop mounting these controllers) and reboot"
+
+// evaluateNetClsPrio says whether net_cls or net_prio is bound to a cgroup v1
+// hierarchy. /proc/self/cgroup answers for the whole kernel, so the host's
+// mounts count even in a pod that mounts only its own /sys/fs/cgroup; the
+// mount table says where, when this mount namespace sees the mount.
+func evaluateNetClsPrio(in doctorInput) (level, detail, hint string) {
+	var where []string
+	if in.MountInfoErr == nil {
+		where = netClsPrioMounts(in.MountInfo)
+	}
+	mounted := ""
+	if len(where) > 0 {
+		mounted = "mounted at " + strings.Join(where, ", ")
+	}
+	if in.ProcCgroupErr != nil {
+		switch {
+		case mounted != "":
+			return levelFail, "cgroup v1 controllers " + mounted, netClsPrioHint
+		case in.MountInfoErr != nil:
+			return levelWarn, "cannot read /proc/self/cgroup (" + in.ProcCgroupErr.Error() + ") nor /proc/self/mountinfo (" + in.MountInfoErr.Error() + ")", ""
+		default:
+			return levelWarn, "not mounted here, but /proc/self/cgroup cannot be read (" + in.ProcCgroupErr.Error() +
+				"): the host may still mount them outside this mount namespace", ""
+		}
+	}
+	bound := netClsPrioHierarchies(in.ProcCgroup)
+	switch {
+	case len(bound) > 0 && mounted != "":
+		return levelFail, "cgroup v1 hierarchy " + strings.Join(bound, ", ") + " (/proc/self/cgroup), " + mounted, netClsPrioHint
+	case len(bound) > 0:
+		return levelFail, "cgroup v1 hierarchy " + strings.Join(bound, ", ") + " (/proc/self/cgroup); mounted outside this mount namespace (the host's)", netClsPrioHint
+	case mounted != "":
+		// A mount the kernel does not list: only in a test's made-up input.
+		return levelFail, "cgroup v1 controllers " + mounted, netClsPrioHint
+	}
+	return levelOK, "not bound to a cgroup v1 hierarchy on this kernel (/proc/self/cgroup)", ""
+}
+
+// netClsPrioHierarchies lists, as "ID:controllers", the cgroup v1
+// hierarchies carrying net_cls or net_prio in /proc/<pid>/cgroup text
+// ("3:net_cls,net_prio:/kubepods/pod1"; "0::/..." is cgroup v2).
+func netClsPrioHierarchies(procCgroup string) []string {
+	return v1Hierarchies(procCgroup, "net_cls", "net_prio")
+}
+
+// v1Hierarchies lists, as "ID:controllers", the cgroup v1 hierarchies of
+// /proc/<pid>/cgroup text that carry one of the controllers.
+func v1Hierarchies(procCgroup string, controllers ...string) []string {
+	var bound []string
+	for _, line := range strings.Split(procCgroup, "\n") {
+		id, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		ctrls, _, ok := strings.Cut(rest, ":")
+		if !ok || id == "0" {
+			continue
+		}
+		for _, c := range strings.Split(ctrls, ",") {
+			if slices.Contains(controllers, c) {
+				bound = append(bound, id+":"+ctrls)
+				break
+			}
+		}
+	}
+	return bound
 }
 
 // netClsPrioMounts lists the mount points of cgroup v1 hierarchies that

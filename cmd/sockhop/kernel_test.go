@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -268,6 +270,44 @@ func TestDoctorOnThisNode(t *testing.T) {
 	for _, want := range []string{"kernel", "cgroup v2", "net_cls/net_prio", "capabilities", "hazard splice", "hazard backpressure"} {
 		lineOf(t, rep, want)
 	}
+}
+
+// TestHierarchiesOutsideMountNamespace shows that /proc/self/cgroup, which
+// doctor reads for net_cls/net_prio, lists the kernel's v1 hierarchies even
+// where none is mounted: in a mount namespace whose cgroup mounts are detached
+// and /sys/fs/cgroup is an empty tmpfs (as in a pod that mounts only the cgroup2 directory it needs), every v1
+// controller this host mounts is still listed. Skips on a pure cgroup v2 host.
+func TestHierarchiesOutsideMountNamespace(t *testing.T) {
+	requireRoot(t)
+	host, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := v1Hierarchies(string(host), "memory", "cpu", "pids", "net_cls", "net_prio")
+	if len(want) == 0 {
+		t.Skip("no cgroup v1 hierarchy on this host (pure cgroup v2): nothing to hide")
+	}
+	// The unmount happens only in the new, private mount namespace (nothing
+	// propagates to the host's); unshare exits with its shell and the
+	// namespace goes with it.
+	out, err := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		"umount -l /sys/fs/cgroup && mount -t tmpfs none /sys/fs/cgroup && echo '--- mountinfo' && cat /proc/self/mountinfo && echo '--- cgroup' && cat /proc/self/cgroup").CombinedOutput()
+	if err != nil {
+		t.Fatalf("unshare: %v\n%s", err, out)
+	}
+	mountinfo, procCgroup, ok := strings.Cut(strings.TrimPrefix(string(out), "--- mountinfo\n"), "--- cgroup\n")
+	if !ok {
+		t.Fatalf("unexpected output:\n%s", out)
+	}
+	for _, line := range strings.Split(mountinfo, "\n") {
+		if _, post, ok := strings.Cut(line, " - "); ok && strings.HasPrefix(post, "cgroup ") {
+			t.Fatalf("a cgroup v1 mount is still visible: %s", line)
+		}
+	}
+	if got := v1Hierarchies(procCgroup, "memory", "cpu", "pids", "net_cls", "net_prio"); !slices.Equal(got, want) {
+		t.Fatalf("without v1 mounts /proc/self/cgroup lists %v, the host %v", got, want)
+	}
+	t.Logf("v1 hierarchies seen without any v1 mount: %v", want)
 }
 
 // TestBenchQuickWithPlot runs two quick cases through the command and

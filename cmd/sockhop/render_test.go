@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"maps"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +157,15 @@ const mountinfoHybrid = `22 1 8:1 / / rw,relatime - ext4 /dev/vda rw
 30 25 0:27 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime - bpf bpf rw,mode=700
 `
 
+// procCgroupHybrid is /proc/self/cgroup of a container on a hybrid host
+// (no net_cls/net_prio hierarchy).
+const procCgroupHybrid = `12:pids:/kubepods/besteffort/pod1/c1
+11:memory:/kubepods/besteffort/pod1/c1
+4:cpu,cpuacct:/kubepods/besteffort/pod1/c1
+1:name=systemd:/kubepods/besteffort/pod1/c1
+0::/kubepods/besteffort/pod1/c1
+`
+
 const netClsLine = `31 26 0:28 / /sys/fs/cgroup/net_cls,net_prio rw,nosuid,nodev,noexec,relatime - cgroup cgroup rw,net_cls,net_prio
 `
 
@@ -163,6 +175,7 @@ func goodInput() doctorInput {
 		KernelRelease: "6.18.44-fc-v445",
 		CgroupMode:    cgroups.Hybrid,
 		MountInfo:     mountinfoHybrid,
+		ProcCgroup:    procCgroupHybrid,
 		BPFFS:         true,
 		LSM:           "lockdown,capability,landlock,yama,bpf",
 		CapEff:        0x1ffffffffff,
@@ -213,6 +226,17 @@ func TestDoctorFailures(t *testing.T) {
 		{"net_prio alone", func(in *doctorInput) {
 			in.MountInfo += "32 26 0:29 / /sys/fs/cgroup/net\\040prio rw - cgroup cgroup rw,net_prio\n"
 		}, "net_cls/net_prio", levelFail, "socket matching"},
+		{"net_cls on the host, not in the pod's mounts", func(in *doctorInput) {
+			in.ProcCgroup = "10:net_cls,net_prio:/\n" + in.ProcCgroup
+		}, "net_cls/net_prio", levelFail, "cgroup_no_v1=net_cls,net_prio"},
+		{"net_prio mounted and bound", func(in *doctorInput) {
+			in.ProcCgroup += "3:net_prio:/\n"
+			in.MountInfo += "32 26 0:29 / /sys/fs/cgroup/net_prio rw - cgroup cgroup rw,net_prio\n"
+		}, "net_cls/net_prio", levelFail, "socket matching"},
+		{"net_cls mounted, /proc/self/cgroup unreadable", func(in *doctorInput) {
+			in.MountInfo += netClsLine
+			in.ProcCgroupErr = unix.EACCES
+		}, "net_cls/net_prio", levelFail, "cgroup_no_v1"},
 		{"old kernel", func(in *doctorInput) { in.KernelRelease = "5.15.0-91-generic" }, "kernel", levelFail, "6.10"},
 		{"legacy cgroups", func(in *doctorInput) { in.CgroupMode = cgroups.Legacy }, "cgroup v2", levelFail, "unified_cgroup_hierarchy"},
 		{"no cgroups", func(in *doctorInput) { in.CgroupMode = cgroups.Unavailable }, "cgroup v2", levelFail, "mount cgroup2"},
@@ -252,7 +276,11 @@ func TestDoctorWarnings(t *testing.T) {
 		level  string
 	}{
 		{"no bpffs", func(in *doctorInput) { in.BPFFS = false }, "bpffs", levelWarn},
-		{"unreadable mountinfo", func(in *doctorInput) { in.MountInfoErr = unix.EACCES }, "net_cls/net_prio", levelWarn},
+		{"unreadable mountinfo", func(in *doctorInput) { in.MountInfoErr = unix.EACCES }, "net_cls/net_prio", levelOK},
+		{"unreadable /proc/self/cgroup", func(in *doctorInput) { in.ProcCgroupErr = unix.EACCES }, "net_cls/net_prio", levelWarn},
+		{"nothing readable", func(in *doctorInput) {
+			in.ProcCgroupErr, in.MountInfoErr = unix.EACCES, unix.EACCES
+		}, "net_cls/net_prio", levelWarn},
 		{"no securityfs", func(in *doctorInput) { in.LSMErr = unix.ENOENT; in.LSM = "" }, "BPF LSM", levelInfo},
 		{"no bpf LSM", func(in *doctorInput) { in.LSM = "capability,bpfx" }, "BPF LSM", levelInfo},
 		{"sys_admin stands in", func(in *doctorInput) { in.CapEff = 1<<capSysAdmin | 1<<capNetAdmin }, "capabilities", levelOK},
@@ -291,6 +319,56 @@ func TestNetClsPrioMounts(t *testing.T) {
 	if got := netClsPrioMounts("40 26 0:31 / /x rw - cgroup2 cgroup2 rw,net_cls\n"); len(got) != 0 {
 		t.Fatalf("got %v", got)
 	}
+}
+
+func TestNetClsPrioHierarchies(t *testing.T) {
+	if got := netClsPrioHierarchies(procCgroupHybrid); len(got) != 0 {
+		t.Fatalf("no net_cls in %v", got)
+	}
+	got := netClsPrioHierarchies("13:net_cls,net_prio:/\n9:net_prio:/x\n8:name=net_cls:/\n0::/net_cls\n7:perf_event:/\n")
+	if !slices.Equal(got, []string{"13:net_cls,net_prio", "9:net_prio"}) {
+		t.Fatalf("got %v", got)
+	}
+	in := goodInput()
+	in.ProcCgroup += "13:net_cls,net_prio:/\n"
+	if l := lineOf(t, evaluateDoctor(in), "net_cls/net_prio"); !strings.Contains(l.Detail, "13:net_cls,net_prio") ||
+		!strings.Contains(l.Detail, "outside this mount namespace") {
+		t.Fatalf("line %+v: want the hierarchy and that it is mounted outside", l)
+	}
+}
+
+// TestNetClsPrioThisKernel reads this machine's /proc/self/cgroup and checks
+// it against /proc/cgroups, where a controller bound to a v1 hierarchy has a
+// non-zero hierarchy ID: both are the kernel's view, in any mount namespace.
+func TestNetClsPrioThisKernel(t *testing.T) {
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Skipf("no /proc/self/cgroup: %v", err)
+	}
+	all, err := os.ReadFile("/proc/cgroups")
+	if err != nil {
+		t.Skipf("no /proc/cgroups: %v", err)
+	}
+	want := map[string]bool{}
+	for _, line := range strings.Split(string(all), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && (f[0] == "net_cls" || f[0] == "net_prio") && f[1] != "0" {
+			want[f[0]+" in "+f[1]] = true
+		}
+	}
+	got := map[string]bool{}
+	for _, h := range netClsPrioHierarchies(string(self)) {
+		id, ctrls, _ := strings.Cut(h, ":")
+		for _, c := range strings.Split(ctrls, ",") {
+			if c == "net_cls" || c == "net_prio" {
+				got[c+" in "+id] = true
+			}
+		}
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("/proc/self/cgroup gives %v, /proc/cgroups %v", got, want)
+	}
+	t.Logf("net_cls/net_prio hierarchies on this kernel: %v", got)
 }
 
 func TestParseCapEff(t *testing.T) {
