@@ -1,0 +1,88 @@
+// Command kubectl-sockhop is sockhop's cluster view, as a kubectl plugin
+// (`kubectl sockhop ...` once it is on PATH): status of every node's agent,
+// and sysdump, the archive a bug report needs. It takes kubectl's kubeconfig
+// flags and reads what the agents already know, by running the node CLI
+// (`sockhop status`, `sockhop doctor`) in each agent pod.
+//
+// Exit codes: 0 success, 1 failure, 2 usage error.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+)
+
+func main() {
+	cmd := newRootCommand(os.Stdout, os.Stderr)
+	cmd.SetArgs(os.Args[1:])
+	c, err := cmd.ExecuteC()
+	if err == nil {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "Error: %v\n", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", c.CommandPath())
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+// usageError is a command line the plugin cannot act on: exit code 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usageErrorf(format string, a ...any) error {
+	return &usageError{err: fmt.Errorf(format, a...)}
+}
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	c := &cluster{
+		flags:     genericclioptions.NewConfigFlags(true),
+		namespace: defaultNamespace,
+		selector:  defaultSelector,
+	}
+	root := &cobra.Command{
+		// kubectl shows plugins as "kubectl sockhop".
+		Use:   "kubectl sockhop",
+		Short: "sockhop across the cluster: status of every node, and a sysdump for bug reports",
+		Long: `kubectl sockhop shows what sockhop does on every node of the cluster, from the
+agents themselves (it runs the node CLI 'sockhop' in each agent pod), and collects
+a sysdump archive for a bug report.
+
+-n/--namespace is where the agents run (default sockhop-system, not the context's
+namespace); every other kubeconfig flag is kubectl's.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf("unknown command %q for %q", args[0], cmd.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err: err} })
+	root.CompletionOptions.DisableDefaultCmd = true
+	c.flags.AddFlags(root.PersistentFlags())
+	root.PersistentFlags().StringVarP(&c.selector, "selector", "l", defaultSelector, "label selector of the agent pods")
+	root.AddCommand(newStatusCommand(c, stdout), newSysdumpCommand(c, stdout, stderr))
+	return root
+}
+
+// noArgs is cobra.NoArgs with a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("%s takes no arguments, got %q", cmd.CommandPath(), args)
+	}
+	return nil
+}
