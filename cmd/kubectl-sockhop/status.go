@@ -136,6 +136,9 @@ It reads what the agents know by running 'sockhop status -o json' in each agent 
 		if err != nil {
 			return err
 		}
+		if len(st.Nodes) == 0 || st.Nodes[0].Agent == "" {
+			return fmt.Errorf("no sockhop agent pod in namespace %s (selector %s): is sockhop installed there? (-n NAMESPACE)", c.namespace, c.selector)
+		}
 		return writeStatus(out, st, output, pods)
 	}
 	return cmd
