@@ -149,6 +149,7 @@ func collectSysdump(ctx context.Context, c *cluster) *sysdump {
 			fmt.Fprintf(&facts, "%s: kernel %s, %s, %s, kubelet %s, %s/%s\n", n.Name, i.KernelVersion, i.OSImage,
 				i.ContainerRuntimeVersion, i.KubeletVersion, i.OperatingSystem, i.Architecture)
 			n.ManagedFields = nil
+			n.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}
 			d.addYAML("nodes/"+n.Name+"/node.yaml", n, nil)
 		}
 		d.add("cluster/nodes.txt", []byte(facts.String()))
@@ -177,6 +178,7 @@ func collectAgent(ctx context.Context, c *cluster, d *sysdump, pod *corev1.Pod) 
 	dir := "nodes/" + pod.Spec.NodeName + "/"
 	p := pod.DeepCopy()
 	p.ManagedFields = nil
+	p.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}
 	d.addYAML(dir+"agent-pod.yaml", p, nil)
 
 	for _, x := range []struct {
@@ -233,6 +235,7 @@ func collectRelease(ctx context.Context, c *cluster, d *sysdump, agents []corev1
 			ds, err := c.cs.AppsV1().DaemonSets(c.namespace).Get(ctx, ref.Name, metav1.GetOptions{})
 			if ds != nil {
 				ds.ManagedFields = nil
+				ds.TypeMeta = metav1.TypeMeta{APIVersion: "apps/v1", Kind: "DaemonSet"}
 			}
 			d.addYAML("cluster/daemonset.yaml", ds, err)
 		}
