@@ -76,6 +76,10 @@ func TestE2E(t *testing.T) {
 		wantRedirected(t, "streams through both sidecars", got, res.BytesSent+res.BytesVerified, 0.5)
 	})
 
+	t.Run("kubectl sockhop: status and sysdump of the cluster, with the documented RBAC", func(t *testing.T) {
+		c.checkKubectlSockhop(t, ns, server, client)
+	})
+
 	t.Run("unlabelled namespace: untouched", func(t *testing.T) {
 		const plain = "sockhop-e2e-plain"
 		c.namespace(t, plain, false)
