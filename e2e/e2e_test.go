@@ -80,6 +80,10 @@ func TestE2E(t *testing.T) {
 		c.checkKubectlSockhop(t, ns, server, client)
 	})
 
+	t.Run("Prometheus scrapes the agent as the PodMonitor says: README metrics, dashboard and alerts", func(t *testing.T) {
+		c.checkPrometheus(t, server.Spec.NodeName)
+	})
+
 	t.Run("unlabelled namespace: untouched", func(t *testing.T) {
 		const plain = "sockhop-e2e-plain"
 		c.namespace(t, plain, false)
