@@ -74,7 +74,8 @@ func testStatus() *clusterStatus {
 	rows := []nodeRow{
 		{Node: "n1", Agent: "sockhop-abcde", Ready: true, Receivers: "proxies", Programs: "sockops aa, sk_msg bb", BacklogLimit: 3 << 20,
 			PodsAccelerated: 2, PodsOptedIn: 3, RedirectedBytes: 5 << 20, TCPBytes: 2048,
-			Passthrough: map[string]uint64{"remote": 4, "backpressure": 1}, SocketsInSockhash: 4, GuardTrips: 1},
+			Passthrough: map[string]uint64{"remote": 4, "backpressure": 1}, SocketsInSockhash: 4, GuardTrips: 1,
+			UnsafeReceivers: 2, Stranded: 1},
 		{Node: "n2", NotReady: "no agent pod on this node"},
 	}
 	return &clusterStatus{Nodes: rows, Summary: summary(rows), Pods: []podRow{
@@ -94,7 +95,7 @@ func TestWriteStatus(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{
-		"NODE  AGENT", "n1    ready", "2/3", "5.0 MiB", "backpressure=1 remote=4",
+		"NODE  AGENT", "n1    ready", "2/3", "5.0 MiB", "backpressure=1 remote=4", "HAZARDS SEEN", "stranded=1 unsafe=2",
 		"n2    not ready: no agent pod on this node", st.Summary,
 		"shop       web-0  n1    yes          5432            Accelerated: attached",
 	} {

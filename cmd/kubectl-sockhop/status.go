@@ -41,6 +41,9 @@ type agentStatus struct {
 		RedirectedBytes    uint64            `json:"redirected_bytes"`
 		TCPMessages        uint64            `json:"tcp_messages"`
 		TCPBytes           uint64            `json:"tcp_bytes"`
+		UnsafeReceivers    uint64            `json:"unsafe_receivers"`
+		Stranded           uint64            `json:"stranded_receivers"`
+		Poisoned           uint64            `json:"poisoned_directions"`
 		Passthrough        map[string]uint64 `json:"passthrough"`
 		MapErrors          map[string]uint64 `json:"map_errors"`
 	} `json:"counters"`
@@ -70,9 +73,13 @@ type nodeRow struct {
 	Passthrough       map[string]uint64 `json:"passthrough,omitempty"`
 	SocketsInSockhash int               `json:"sockets_in_sockhash"`
 	MapErrors         map[string]uint64 `json:"map_errors,omitempty"`
-	// GuardTrips counts directions sent back to TCP by a hazard guard
-	// (the back-pressure bound).
+	// GuardTrips counts directions a hazard guard kept on TCP (passthrough
+	// reasons in guardReasons).
 	GuardTrips uint64 `json:"guard_trips"`
+	// UnsafeReceivers are paired sockets seen splicing or reading with
+	// MSG_WAITALL; Stranded those that had redirected bytes unread then.
+	UnsafeReceivers uint64 `json:"unsafe_receivers"`
+	Stranded        uint64 `json:"stranded_receivers"`
 	// StatusError says why the agent's status could not be read.
 	StatusError string `json:"status_error,omitempty"`
 
@@ -224,9 +231,16 @@ func agentRow(ctx context.Context, c *cluster, pod *corev1.Pod) nodeRow {
 	r.RedirectedBytes, r.TCPBytes = s.Counters.RedirectedBytes, s.Counters.TCPBytes
 	r.Passthrough, r.MapErrors = nonZero(s.Counters.Passthrough), nonZero(s.Counters.MapErrors)
 	r.SocketsInSockhash = s.SocketsInMap
-	r.GuardTrips = s.Counters.Passthrough["backpressure"]
+	for _, reason := range guardReasons {
+		r.GuardTrips += s.Counters.Passthrough[reason]
+	}
+	r.UnsafeReceivers, r.Stranded = s.Counters.UnsafeReceivers, s.Counters.Stranded
 	return r
 }
+
+// guardReasons are the passthrough reasons of the hazard guards: the
+// back-pressure bound and the receiver guard (docs/hazards.md).
+var guardReasons = []string{"backpressure", "unsafe_receiver", "hazard_learnt"}
 
 func bpffsDir(pod *corev1.Pod) string {
 	if v, ok := agentArg(pod, "bpffs-dir"); ok {
@@ -457,7 +471,7 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 	}
 	wide := output == "wide"
 	tw := newTable(w)
-	head := "NODE\tAGENT\tRECEIVERS\tPODS\tREDIRECTED\tTCP\tPASSTHROUGH\tSOCKHASH\tMAP ERRORS\tGUARD TRIPS"
+	head := "NODE\tAGENT\tRECEIVERS\tPODS\tREDIRECTED\tTCP\tPASSTHROUGH\tSOCKHASH\tMAP ERRORS\tGUARD TRIPS\tHAZARDS SEEN"
 	if wide {
 		head += "\tAGENT POD\tRESTARTS\tPROGRAMS\tBOUND\tIMAGE"
 	}
@@ -470,9 +484,10 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 		if r.StatusError != "" && r.Agent != "" {
 			agent += " (status: " + r.StatusError + ")"
 		}
-		line := fmt.Sprintf("%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%d\t%s\t%d", r.Node, agent, dash(r.Receivers),
+		hazards := countsText(map[string]uint64{"unsafe": r.UnsafeReceivers, "stranded": r.Stranded})
+		line := fmt.Sprintf("%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s", r.Node, agent, dash(r.Receivers),
 			r.PodsAccelerated, r.PodsOptedIn, bytesText(r.RedirectedBytes), bytesText(r.TCPBytes),
-			countsText(r.Passthrough), r.SocketsInSockhash, countsText(r.MapErrors), r.GuardTrips)
+			countsText(r.Passthrough), r.SocketsInSockhash, countsText(r.MapErrors), r.GuardTrips, hazards)
 		if wide {
 			bound := "none"
 			if r.BacklogLimit > 0 {
