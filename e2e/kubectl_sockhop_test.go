@@ -90,8 +90,16 @@ func (c *cluster) checkKubectlSockhop(t *testing.T, ns string, server, client *c
 			t.Fatalf("%d node rows, want 1 (one node):\n%s", len(st.Nodes), out)
 		}
 		n := st.Nodes[0]
-		if n.Node != node || !n.Ready || n.StatusError != "" || !strings.HasPrefix(n.Programs, "sockops ") || n.Receivers != "proxies" {
+		if n.Node != node || !n.Ready || n.StatusError != "" || !strings.HasPrefix(n.Programs, "sockops ") {
 			t.Errorf("node row: %+v", n)
+		}
+		// The receiver policy is the node CLI's, read in the agent pod.
+		want := "proxies"
+		if app, _ := dig(c.status(t).doc, "datapath", "app_receivers").(bool); app {
+			want = "any"
+		}
+		if n.Receivers != want {
+			t.Errorf("receivers %q, sockhop status in the agent pod says %q", n.Receivers, want)
 		}
 		if n.PodsAccelerated < 2 || n.PodsOptedIn < 2 || n.PodsAccelerated > n.PodsOptedIn {
 			t.Errorf("pods accelerated %d / opted in %d: want server and client in both", n.PodsAccelerated, n.PodsOptedIn)
@@ -118,7 +126,7 @@ func (c *cluster) checkKubectlSockhop(t *testing.T, ns string, server, client *c
 
 	t.Run("status table, wide, yaml", func(t *testing.T) {
 		out := plugin(t, "status")
-		for _, want := range []string{"NODE", "REDIRECTED", node, "ready", "proxies", "1 node(s), 1 agent(s) ready;"} {
+		for _, want := range []string{"NODE", "REDIRECTED", "HAZARDS SEEN", node, "ready", "2/2", "1 node(s), 1 agent(s) ready;"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("status lacks %q:\n%s", want, out)
 			}
