@@ -31,13 +31,12 @@ import (
 // alerts silent until it does. Each is documented where it is used.
 var optionalMetrics = map[string]string{
 	"sockhop_tcp_bytes_total": "bytes of paired sockets sent through TCP",
-	"sockhop_map_pressure":    "fill ratio (0-1) of each datapath map, label map",
 }
 
 // alertNames are the chart's alerts.
 var alertNames = []string{
 	"SockhopDatapathNotReady", "SockhopAttachFailures", "SockhopDatapathErrors",
-	"SockhopMapNearFull", "SockhopHazardGuardsTripping",
+	"SockhopMapNearFull", "SockhopReceiverStranded", "SockhopHazardGuardsTripping",
 }
 
 type grafanaDashboard struct {
@@ -166,7 +165,7 @@ func TestDashboardPanels(t *testing.T) {
 	}
 	for _, want := range []string{
 		"Redirected vs TCP bytes per node", "Passthrough by reason", "Attach latency",
-		"Datapath ready", "Datapath errors by operation", "Map pressure",
+		"Datapath ready", "Datapath errors by operation", "Map pressure", "Receiver guard events",
 	} {
 		if !slices.Contains(titles, want) {
 			t.Errorf("no panel %q among %q", want, titles)
@@ -249,9 +248,14 @@ func exported(t *testing.T) []*dto.MetricFamily {
 
 type fixedCounters struct{}
 
+func (fixedCounters) MapFill() ([]datapath.MapFill, error) {
+	return []datapath.MapFill{{Name: "sockhash", Entries: 8, Capacity: 262144}, {Name: "pending", Entries: 1, Capacity: 131072}}, nil
+}
+
 func (fixedCounters) Counters() (datapath.Counters, error) {
 	return datapath.Counters{
 		PairedSockets: 8, RedirectedMessages: 100, RedirectedBytes: 64 << 10, TCPMessages: 4, TCPBytes: 4096,
+		Switches: 6, UnsafeReceivers: 1, Stranded: 1, Retired: 2,
 		Passthrough: map[string]uint64{datapath.ReasonRemote: 5, datapath.ReasonBackpressure: 1},
 		MapErrors:   map[string]uint64{"sockhash": 1},
 	}, nil
@@ -561,7 +565,6 @@ func inputSeries(fams []*dto.MetricFamily, nodes ...string) []any {
 			}
 		}
 		add("sockhop_tcp_bytes_total", map[string]string{"node": node}, grow(4096))
-		add("sockhop_map_pressure", map[string]string{"node": node, "map": "sockhash"}, "0.25x30")
 	}
 	return series
 }
