@@ -28,7 +28,7 @@ import (
 // optionalMetrics are read by the dashboard and the alerts although today's
 // agent does not export them (charts/sockhop/monitoring_test.go has the same
 // list): their queries must parse but may return nothing.
-var optionalMetrics = map[string]bool{"sockhop_tcp_bytes_total": true, "sockhop_map_pressure": true}
+var optionalMetrics = map[string]bool{"sockhop_tcp_bytes_total": true}
 
 // checkPrometheus runs Debian's Prometheus server in the cluster's network
 // namespace, scraping the agents as the chart's PodMonitor describes them and
@@ -123,8 +123,8 @@ func (c *cluster) checkPrometheus(t *testing.T, node string) {
 			}
 			return nil
 		})
-		if len(rules) != 5 {
-			t.Errorf("%d rules loaded, want the chart's 5", len(rules))
+		if len(rules) != 6 {
+			t.Errorf("%d rules loaded, want the chart's 6", len(rules))
 		}
 		for _, r := range rules {
 			name, expr := r["name"].(string), r["query"].(string)
