@@ -37,6 +37,10 @@ type pluginStatus struct {
 		RedirectedBytes uint64            `json:"redirected_bytes"`
 		Passthrough     map[string]uint64 `json:"passthrough"`
 		StatusError     string            `json:"status_error"`
+		Maps            []struct {
+			Name     string `json:"name"`
+			Capacity int    `json:"capacity"`
+		} `json:"maps"`
 	} `json:"nodes"`
 	Pods []struct {
 		Namespace   string `json:"namespace"`
@@ -104,6 +108,9 @@ func (c *cluster) checkKubectlSockhop(t *testing.T, ns string, server, client *c
 		if n.PodsAccelerated < 2 || n.PodsOptedIn < 2 || n.PodsAccelerated > n.PodsOptedIn {
 			t.Errorf("pods accelerated %d / opted in %d: want server and client in both", n.PodsAccelerated, n.PodsOptedIn)
 		}
+		if len(n.Maps) == 0 || n.Maps[0].Capacity == 0 {
+			t.Errorf("no map fill in the node row: %+v", n.Maps)
+		}
 		if n.RedirectedBytes == 0 {
 			t.Errorf("no redirected bytes after redirected streams: %+v", n)
 		}
@@ -126,7 +133,7 @@ func (c *cluster) checkKubectlSockhop(t *testing.T, ns string, server, client *c
 
 	t.Run("status table, wide, yaml", func(t *testing.T) {
 		out := plugin(t, "status")
-		for _, want := range []string{"NODE", "REDIRECTED", "HAZARDS SEEN", node, "ready", "2/2", "1 node(s), 1 agent(s) ready;"} {
+		for _, want := range []string{"NODE", "REDIRECTED", "MAP FILL", "HAZARDS SEEN", node, "ready", "2/2", "1 node(s), 1 agent(s) ready;"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("status lacks %q:\n%s", want, out)
 			}

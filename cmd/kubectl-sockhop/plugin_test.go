@@ -32,7 +32,17 @@ func TestAgreesWithAgent(t *testing.T) {
 			t.Errorf("Event reason %s of the agent is not collected", r)
 		}
 	}
-	if len(sockhopReasons) != 3 {
+	// The receiver guard's reasons are literals in controllers/hazards.go.
+	src, err := os.ReadFile("../../controllers/hazards.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{reasonHazardousReader, reasonReceiverStranded} {
+		if !strings.Contains(string(src), `"`+r+`"`) {
+			t.Errorf("controllers/hazards.go records no Event %s", r)
+		}
+	}
+	if len(sockhopReasons) != 5 {
 		t.Errorf("sockhopReasons = %v", sockhopReasons)
 	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{namespaceLabelKey: namespaceLabelValue}}}
@@ -75,6 +85,7 @@ func testStatus() *clusterStatus {
 		{Node: "n1", Agent: "sockhop-abcde", Ready: true, Receivers: "proxies", Programs: "sockops aa, sk_msg bb", BacklogLimit: 3 << 20,
 			PodsAccelerated: 2, PodsOptedIn: 3, RedirectedBytes: 5 << 20, TCPBytes: 2048,
 			Passthrough: map[string]uint64{"remote": 4, "backpressure": 1}, SocketsInSockhash: 4, GuardTrips: 1,
+			Maps:            []mapFill{{"sockhash", 4, 262144}, {"pending", 100, 131072}, {"receivers", 0, 0}},
 			UnsafeReceivers: 2, Stranded: 1},
 		{Node: "n2", NotReady: "no agent pod on this node"},
 	}
@@ -95,7 +106,7 @@ func TestWriteStatus(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{
-		"NODE  AGENT", "n1    ready", "2/3", "5.0 MiB", "backpressure=1 remote=4", "HAZARDS SEEN", "stranded=1 unsafe=2",
+		"NODE  AGENT", "n1    ready", "2/3", "5.0 MiB", "backpressure=1 remote=4", "HAZARDS SEEN", "stranded=1 unsafe=2", "pending 100/131072",
 		"n2    not ready: no agent pod on this node", st.Summary,
 		"shop       web-0  n1    yes          5432            Accelerated: attached",
 	} {

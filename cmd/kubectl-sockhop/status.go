@@ -34,7 +34,8 @@ type agentStatus struct {
 		PodUID       string   `json:"pod_uid"`
 		QOSClass     string   `json:"qos_class"`
 	} `json:"attachments"`
-	SocketsInMap int `json:"sockets_in_sockhash"`
+	SocketsInMap int       `json:"sockets_in_sockhash"`
+	Maps         []mapFill `json:"maps"`
 	Counters     struct {
 		PairedSockets      uint64            `json:"paired_sockets"`
 		RedirectedMessages uint64            `json:"redirected_messages"`
@@ -47,6 +48,27 @@ type agentStatus struct {
 		Passthrough        map[string]uint64 `json:"passthrough"`
 		MapErrors          map[string]uint64 `json:"map_errors"`
 	} `json:"counters"`
+}
+
+// mapFill is how full one map that bounds acceleration is.
+type mapFill struct {
+	Name     string `json:"name"`
+	Entries  int    `json:"entries"`
+	Capacity int    `json:"capacity"`
+}
+
+// fullest is the fullest map as "name entries/capacity", "-" without any.
+func fullest(maps []mapFill) string {
+	best, ratio := -1, -1.0
+	for i, m := range maps {
+		if m.Capacity > 0 && float64(m.Entries)/float64(m.Capacity) > ratio {
+			best, ratio = i, float64(m.Entries)/float64(m.Capacity)
+		}
+	}
+	if best < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s %d/%d", maps[best].Name, maps[best].Entries, maps[best].Capacity)
 }
 
 // nodeRow is one node of `kubectl sockhop status`.
@@ -72,6 +94,7 @@ type nodeRow struct {
 	TCPBytes          uint64            `json:"tcp_bytes"`
 	Passthrough       map[string]uint64 `json:"passthrough,omitempty"`
 	SocketsInSockhash int               `json:"sockets_in_sockhash"`
+	Maps              []mapFill         `json:"maps,omitempty"`
 	MapErrors         map[string]uint64 `json:"map_errors,omitempty"`
 	// GuardTrips counts directions a hazard guard kept on TCP (passthrough
 	// reasons in guardReasons).
@@ -230,7 +253,7 @@ func agentRow(ctx context.Context, c *cluster, pod *corev1.Pod) nodeRow {
 	}
 	r.RedirectedBytes, r.TCPBytes = s.Counters.RedirectedBytes, s.Counters.TCPBytes
 	r.Passthrough, r.MapErrors = nonZero(s.Counters.Passthrough), nonZero(s.Counters.MapErrors)
-	r.SocketsInSockhash = s.SocketsInMap
+	r.SocketsInSockhash, r.Maps = s.SocketsInMap, s.Maps
 	for _, reason := range guardReasons {
 		r.GuardTrips += s.Counters.Passthrough[reason]
 	}
@@ -300,6 +323,9 @@ const (
 	reasonAccelerated         = "Accelerated"
 	reasonAccelerationRemoved = "AccelerationRemoved"
 	reasonAccelerationFailed  = "AccelerationFailed"
+	// The receiver guard's, on the pod of a container it learnt about.
+	reasonHazardousReader  = "HazardousReader"
+	reasonReceiverStranded = "ReceiverStranded"
 )
 
 // wanted is the agents' rule (controllers.Wanted) for a pod of a labelled
@@ -401,6 +427,8 @@ var sockhopReasons = map[string]bool{
 	reasonAccelerated:         true,
 	reasonAccelerationRemoved: true,
 	reasonAccelerationFailed:  true,
+	reasonHazardousReader:     true,
+	reasonReceiverStranded:    true,
 }
 
 // sockhopEvents are the agents' Events on pods, in every namespace.
@@ -471,7 +499,7 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 	}
 	wide := output == "wide"
 	tw := newTable(w)
-	head := "NODE\tAGENT\tRECEIVERS\tPODS\tREDIRECTED\tTCP\tPASSTHROUGH\tSOCKHASH\tMAP ERRORS\tGUARD TRIPS\tHAZARDS SEEN"
+	head := "NODE\tAGENT\tRECEIVERS\tPODS\tREDIRECTED\tTCP\tPASSTHROUGH\tMAP FILL\tMAP ERRORS\tGUARD TRIPS\tHAZARDS SEEN"
 	if wide {
 		head += "\tAGENT POD\tRESTARTS\tPROGRAMS\tBOUND\tIMAGE"
 	}
@@ -485,9 +513,9 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 			agent += " (status: " + r.StatusError + ")"
 		}
 		hazards := countsText(map[string]uint64{"unsafe": r.UnsafeReceivers, "stranded": r.Stranded})
-		line := fmt.Sprintf("%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s", r.Node, agent, dash(r.Receivers),
+		line := fmt.Sprintf("%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s", r.Node, agent, dash(r.Receivers),
 			r.PodsAccelerated, r.PodsOptedIn, bytesText(r.RedirectedBytes), bytesText(r.TCPBytes),
-			countsText(r.Passthrough), r.SocketsInSockhash, countsText(r.MapErrors), r.GuardTrips, hazards)
+			countsText(r.Passthrough), fullest(r.Maps), countsText(r.MapErrors), r.GuardTrips, hazards)
 		if wide {
 			bound := "none"
 			if r.BacklogLimit > 0 {
