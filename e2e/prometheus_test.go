@@ -28,7 +28,7 @@ import (
 // optionalMetrics are read by the dashboard and the alerts although today's
 // agent does not export them (charts/sockhop/monitoring_test.go has the same
 // list): their queries must parse but may return nothing.
-var optionalMetrics = map[string]bool{"sockhop_tcp_bytes_total": true}
+var optionalMetrics = map[string]bool{}
 
 // checkPrometheus runs Debian's Prometheus server in the cluster's network
 // namespace, scraping the agents as the chart's PodMonitor describes them and

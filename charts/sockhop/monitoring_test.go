@@ -29,9 +29,7 @@ import (
 // optionalMetrics are metrics the dashboard and the alerts read although
 // today's agent does not export them: their panels stay empty and their
 // alerts silent until it does. Each is documented where it is used.
-var optionalMetrics = map[string]string{
-	"sockhop_tcp_bytes_total": "bytes of paired sockets sent through TCP",
-}
+var optionalMetrics = map[string]string{}
 
 // alertNames are the chart's alerts.
 var alertNames = []string{

@@ -140,6 +140,7 @@ func (m *Metrics) DatapathError(op string) { m.datapath.agentError(op) }
 type datapathCollector struct {
 	redirectedBytes    *prometheus.Desc
 	redirectedMessages *prometheus.Desc
+	tcpBytes           *prometheus.Desc
 	pairedSockets      *prometheus.Desc
 	passthrough        *prometheus.Desc
 	errors             *prometheus.Desc
@@ -158,6 +159,8 @@ func newDatapathCollector() *datapathCollector {
 			"Bytes moved straight into the peer socket, skipping TCP.", nil, nil),
 		redirectedMessages: prometheus.NewDesc("sockhop_redirected_messages_total",
 			"sendmsg calls moved straight into the peer socket, skipping TCP.", nil, nil),
+		tcpBytes: prometheus.NewDesc("sockhop_tcp_bytes_total",
+			"Bytes paired sockets sent through TCP while in the sockhash (a direction not, or no longer, redirected; sockets retired to plain TCP are not counted).", nil, nil),
 		pairedSockets: prometheus.NewDesc("sockhop_paired_sockets_total",
 			"Sockets put into the sockhash (two per accelerated connection).", nil, nil),
 		passthrough: prometheus.NewDesc("sockhop_passthrough_total",
@@ -195,6 +198,7 @@ func (c *datapathCollector) agentError(op string) {
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.redirectedBytes
 	ch <- c.redirectedMessages
+	ch <- c.tcpBytes
 	ch <- c.pairedSockets
 	ch <- c.passthrough
 	ch <- c.errors
@@ -230,6 +234,7 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	if ok {
 		ch <- prometheus.MustNewConstMetric(c.redirectedBytes, prometheus.CounterValue, float64(counters.RedirectedBytes))
 		ch <- prometheus.MustNewConstMetric(c.redirectedMessages, prometheus.CounterValue, float64(counters.RedirectedMessages))
+		ch <- prometheus.MustNewConstMetric(c.tcpBytes, prometheus.CounterValue, float64(counters.TCPBytes))
 		ch <- prometheus.MustNewConstMetric(c.pairedSockets, prometheus.CounterValue, float64(counters.PairedSockets))
 		for _, reason := range sortedKeys(counters.Passthrough) {
 			ch <- prometheus.MustNewConstMetric(c.passthrough, prometheus.CounterValue, float64(counters.Passthrough[reason]), reason)
