@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
@@ -84,7 +82,7 @@ uses it as it is, with the options it was installed with; --app-receivers,
 		fmt.Sprintf("comma-separated ports whose connections stay on TCP (at most %d)", datapath.MaxExcludePorts))
 	lf.register(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		excl, err := parsePorts(ports)
+		excl, err := datapath.ParsePorts(ports)
 		if err != nil {
 			return &usageError{err: fmt.Errorf("--exclude-ports: %w", err)}
 		}
@@ -234,33 +232,6 @@ Stop the agent first, or it attaches the pods again.`,
 		return nil
 	}
 	return cmd
-}
-
-// parsePorts parses "5432,9300" (spaces allowed around each port).
-// Ports are 1-65535, unique, at most datapath.MaxExcludePorts.
-func parsePorts(s string) ([]uint16, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
-	}
-	var ports []uint16
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			return nil, fmt.Errorf("empty port in %q", s)
-		}
-		n, err := strconv.ParseUint(f, 10, 16)
-		if err != nil || n == 0 {
-			return nil, fmt.Errorf("%q is not a port (1-65535)", f)
-		}
-		if slices.Contains(ports, uint16(n)) {
-			return nil, fmt.Errorf("port %d given twice", n)
-		}
-		ports = append(ports, uint16(n))
-	}
-	if len(ports) > datapath.MaxExcludePorts {
-		return nil, fmt.Errorf("at most %d ports, got %d", datapath.MaxExcludePorts, len(ports))
-	}
-	return ports, nil
 }
 
 // cgroupPath makes a CGROUP argument absolute: a relative one is relative
