@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -32,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/cgroup"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
@@ -53,7 +55,10 @@ const testVersion = "v0.0.0-agent-test"
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 
 func runTests(m *testing.M) int {
+	flag.Parse() // for testing.Short
 	switch {
+	case testing.Short():
+		envtestSkip = "-short"
 	case os.Geteuid() != 0:
 		envtestSkip = "needs root: the agent loads BPF programs and the test creates cgroups"
 	case os.Getenv("KUBEBUILDER_ASSETS") == "":
@@ -101,13 +106,7 @@ func runTests(m *testing.M) int {
 
 func requireEnvtest(t *testing.T) {
 	t.Helper()
-	if envtestSkip == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("cannot run (CI=true forbids skipping): %s", envtestSkip)
-	}
-	t.Skip(envtestSkip)
+	needs.Cluster(t, envtestSkip)
 }
 
 // fixture is one simulated node with its own pins and cgroup root.

@@ -12,21 +12,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
 
-// requireRoot skips for non-root users, except in CI, where a skipped
-// kernel test would hide that nothing was tested.
+// requireRoot: the kernel tests follow the needs rule (skipped under
+// -short; without root skipped, or failed in CI).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("kernel test: CI must run it as root")
-	}
-	t.Skip("kernel test: needs root to load BPF programs and create cgroups and network namespaces")
+	needs.Root(t, "to load BPF programs and create cgroups and network namespaces")
 }
 
 type statusJSON struct {
