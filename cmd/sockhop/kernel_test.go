@@ -300,3 +300,58 @@ func TestBenchQuickWithPlot(t *testing.T) {
 		t.Fatalf("plot has only %d bytes", fi.Size())
 	}
 }
+
+// TestAttachRefusesNested: a cgroup inside an attached one, or containing
+// one, is refused (sockops would run twice for its connections); siblings
+// are fine, and once the inner one is detached the outer one attaches.
+func TestAttachRefusesNested(t *testing.T) {
+	requireRoot(t)
+	bed, err := testbed.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
+	t.Cleanup(func() {
+		if err := datapath.Uninstall(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	dirs := map[string]string{}
+	for _, name := range []string{"outer", "outer/inner", "outer/inner/deeper", "sibling"} {
+		if dirs[name], err = bed.Cgroup(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sh := func(args ...string) (string, string, int) {
+		t.Helper()
+		return cli(t, append([]string{"--bpffs-dir", pinDir}, args...)...)
+	}
+	mustAttach := func(name string) {
+		t.Helper()
+		if _, errOut, code := sh("attach", dirs[name]); code != 0 {
+			t.Fatalf("attach %s: exit %d: %s", name, code, errOut)
+		}
+	}
+	refused := func(name, why string) {
+		t.Helper()
+		_, errOut, code := sh("attach", dirs[name])
+		if code != exitFailure || !strings.Contains(errOut, "nested attachment") || !strings.Contains(errOut, why) {
+			t.Fatalf("attach %s: exit %d, stderr %q; want it refused as nested (%s)", name, code, errOut, why)
+		}
+	}
+	mustAttach("outer/inner")
+	refused("outer", "contains "+dirs["outer/inner"])
+	refused("outer/inner/deeper", "inside "+dirs["outer/inner"])
+	mustAttach("sibling")
+	mustAttach("outer/inner") // re-attaching itself is an update, not nesting
+	if _, errOut, code := sh("detach", dirs["outer/inner"]); code != 0 {
+		t.Fatalf("detach: exit %d: %s", code, errOut)
+	}
+	mustAttach("outer")
+	refused("outer/inner", "inside "+dirs["outer"])
+}
