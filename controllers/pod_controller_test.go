@@ -27,12 +27,14 @@ func TestAccelerateAndOptOut(t *testing.T) {
 		return slices.Equal(a.lastIPs(), []string{web.Status.PodIP}), "pod IPs " + strings.Join(a.lastIPs(), ",")
 	})
 
-	// Reconciles caused by unrelated changes do not attach or announce again.
+	// Reconciles caused by unrelated changes do not attach or announce
+	// again: once the change is in the cache, a reconcile and a
+	// convergence of it are done synchronously before the counts are read.
 	n.annotate(web, "example.com/unrelated", "1")
+	a.reconcileNow(web)
 	if err := a.rec.Converge(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
 	if got := a.events.count(web.UID, ReasonAccelerated); got != 1 {
 		t.Errorf("%d Accelerated events for one attach, want 1", got)
 	}
@@ -174,7 +176,13 @@ func TestCgroupAppearsLate(t *testing.T) {
 	a := n.startAgent(agentOptions{cgroupWait: 2 * time.Second})
 	a.waitSynced()
 
-	time.Sleep(300 * time.Millisecond)
+	// The first convergence looked at both pods; a reconcile now finds no
+	// cgroup and says it will look again.
+	for _, p := range []*corev1.Pod{soon, late} {
+		if res := a.reconcileNow(p); res.RequeueAfter <= 0 {
+			t.Errorf("pod %s without a cgroup: reconcile %+v, want a requeue to look again", p.Name, res)
+		}
+	}
 	if a.attached(soon) || a.attached(late) {
 		t.Fatal("attached without a cgroup")
 	}

@@ -523,6 +523,30 @@ func (r *recordingRecorder) count(uid types.UID, reason string) int {
 	return n
 }
 
+// reconcileNow waits until the agent's cache holds the pod as the API
+// server has it now, then reconciles it synchronously: what the agent does
+// about the pod's latest change is done when this returns, so that a test
+// can assert that something did not happen without sleeping.
+func (a *agent) reconcileNow(p *corev1.Pod) ctrl.Result {
+	a.t.Helper()
+	key := client.ObjectKeyFromObject(p)
+	var cur corev1.Pod
+	if err := a.node.client.Get(context.Background(), key, &cur); err != nil {
+		a.t.Fatal(err)
+	}
+	eventually(a.t, 10*time.Second, func() (bool, string) {
+		var cached corev1.Pod
+		err := a.rec.Client.Get(context.Background(), key, &cached)
+		return err == nil && cached.ResourceVersion == cur.ResourceVersion,
+			fmt.Sprintf("cache has %s at %q, the API server at %q (%v)", key, cached.ResourceVersion, cur.ResourceVersion, err)
+	})
+	res, err := a.rec.Reconcile(context.Background(), ctrl.Request{NamespacedName: key})
+	if err != nil {
+		a.t.Fatalf("reconcile %s: %v", key, err)
+	}
+	return res
+}
+
 func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
