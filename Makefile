@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell hack/version.sh)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test demo clean
+.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo clean
 
 all: build
 
@@ -62,6 +62,12 @@ images:
 ## e2e: build the cluster and images, start the cluster, run ./e2e, tear it all down
 e2e: deps
 	e2e/run.sh
+
+## soak: the fault-injection soak alone on a fresh cluster, for SOAK (default 10m):
+## pod churn, agent kills and restarts, label toggles, a helm upgrade, checked streams
+SOAK ?= 10m
+soak: deps
+	SOCKHOP_SOAK=$(SOAK) e2e/run.sh -run TestSoak -v
 
 ## e2e-test: run ./e2e against the cluster that is up
 e2e-test:
