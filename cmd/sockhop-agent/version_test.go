@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sockhop/sockhop/internal/needs"
 )
 
 // TestBuildsStampTheVersion: every way the binaries are built (make build,
@@ -17,7 +19,7 @@ func TestBuildsStampTheVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("no make")
+		needs.Missing(t, "no make on PATH: cannot check the Makefile's build")
 	}
 	out, err := exec.Command("make", "-C", root, "-s", "-n", "build", "VERSION=v9.8.7-test").CombinedOutput()
 	if err != nil {
