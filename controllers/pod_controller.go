@@ -214,6 +214,10 @@ func (r *PodReconciler) syncLocked(ctx context.Context, pod *corev1.Pod, ns *cor
 	if !want {
 		st.failure = ""
 		st.missingSince, st.missingTries, st.missingWarned = time.Time{}, 0, false
+		// The attach latency counts from when the pod is wanted and its
+		// cgroup exists, not from when its cgroup appeared while it was not
+		// wanted (namespace not labelled yet, pod opted out).
+		delete(r.seen, string(pod.UID))
 		return ctrl.Result{}, r.removeLocked(ctx, pod, st, why)
 	}
 
