@@ -2,8 +2,11 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := bin
+# The version both binaries report (sockhop version, sockhop_build_info).
+VERSION ?= $(shell hack/version.sh)
+LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test demo clean
+.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo clean
 
 all: build
 
@@ -22,7 +25,7 @@ check-generate: generate
 
 ## build: the agent and the CLI into bin/
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed" >&2; exit 1; }
@@ -54,11 +57,17 @@ demo: deps
 
 ## images: the agent and mesh-workload images, built without a Docker engine (OCI archives)
 images:
-	e2e/images.sh
+	VERSION=$(VERSION) e2e/images.sh
 
 ## e2e: build the cluster and images, start the cluster, run ./e2e, tear it all down
 e2e: deps
 	e2e/run.sh
+
+## soak: the fault-injection soak alone on a fresh cluster, for SOAK (default 10m):
+## pod churn, agent kills and restarts, label toggles, a helm upgrade, checked streams
+SOAK ?= 10m
+soak: deps
+	SOCKHOP_SOAK=$(SOAK) e2e/run.sh -run TestSoak -v
 
 ## e2e-test: run ./e2e against the cluster that is up
 e2e-test:

@@ -156,13 +156,9 @@ func (r *PodReconciler) Converge(ctx context.Context) error {
 		}
 	}
 
-	first := !r.synced.Load()
 	r.synced.Store(true)
 	if err := r.updateIPsLocked(ctx, true); err != nil {
 		errs = append(errs, err)
-	}
-	if first {
-		r.Metrics.SetDatapathReady(true)
 	}
 	return errors.Join(errs...)
 }

@@ -2,9 +2,6 @@ package controllers
 
 import (
 	"fmt"
-	"slices"
-	"strconv"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -85,40 +82,9 @@ func PodConfig(pod *corev1.Pod) (datapath.PodConfig, error) {
 	if !ok {
 		return datapath.PodConfig{}, nil
 	}
-	ports, err := ParsePorts(v)
+	ports, err := datapath.ParsePorts(v)
 	if err != nil {
 		return datapath.PodConfig{}, fmt.Errorf("invalid annotation %s=%q: %w", AnnotationExcludePorts, v, err)
 	}
 	return datapath.PodConfig{ExcludePorts: ports}, nil
-}
-
-// ParsePorts parses a comma-separated list of TCP ports ("5432,9300"; blanks
-// around entries are allowed) into sorted, distinct ports. An empty string
-// is no port.
-func ParsePorts(s string) ([]uint16, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
-	}
-	var ports []uint16
-	for i, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			return nil, fmt.Errorf("entry %d is empty", i+1)
-		}
-		n, err := strconv.ParseUint(f, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("entry %d (%q) is not a port number", i+1, f)
-		}
-		if n < 1 || n > 65535 {
-			return nil, fmt.Errorf("port %d is out of range 1-65535", n)
-		}
-		if !slices.Contains(ports, uint16(n)) {
-			ports = append(ports, uint16(n))
-		}
-	}
-	if len(ports) > datapath.MaxExcludePorts {
-		return nil, fmt.Errorf("%d ports given, at most %d can be excluded", len(ports), datapath.MaxExcludePorts)
-	}
-	slices.Sort(ports)
-	return ports, nil
 }

@@ -97,7 +97,8 @@ type PodReconciler struct {
 	seen     map[string]time.Time               // pod UID → when its cgroup appeared
 	podIPs   []netip.Addr                       // last given to SetPodIPs
 	ipsSet   bool
-	synced   atomic.Bool // the first convergence is done
+	synced   atomic.Bool           // the first convergence is done
+	pinsErr  atomic.Pointer[error] // why the pins could not be read last time; nil when they could
 
 	cgroupEvents chan event.TypedGenericEvent[string] // pod UIDs whose cgroup appeared
 }
@@ -147,6 +148,18 @@ func (r *PodReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // Synced reports whether the first convergence after start is done.
 func (r *PodReconciler) Synced() bool { return r.synced.Load() }
+
+// Ready is nil once the first convergence is done and for as long as the
+// datapath's pins can be read; else it says why the node is not served.
+func (r *PodReconciler) Ready() error {
+	if !r.synced.Load() {
+		return errors.New("first convergence not done yet")
+	}
+	if err := r.pinsErr.Load(); err != nil {
+		return fmt.Errorf("cannot read the datapath's pins: %w", *err)
+	}
+	return nil
+}
 
 // Reconcile brings one pod's attachment to what it should be.
 func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -201,6 +214,10 @@ func (r *PodReconciler) syncLocked(ctx context.Context, pod *corev1.Pod, ns *cor
 	if !want {
 		st.failure = ""
 		st.missingSince, st.missingTries, st.missingWarned = time.Time{}, 0, false
+		// The attach latency counts from when the pod is wanted and its
+		// cgroup exists, not from when its cgroup appeared while it was not
+		// wanted (namespace not labelled yet, pod opted out).
+		delete(r.seen, string(pod.UID))
 		return ctrl.Result{}, r.removeLocked(ctx, pod, st, why)
 	}
 
@@ -382,9 +399,11 @@ func (r *PodReconciler) loadLocked() error {
 func (r *PodReconciler) readActualLocked() ([]datapath.Attachment, error) {
 	atts, err := r.Datapath.Attachments()
 	if err != nil {
+		r.pinsErr.Store(&err)
 		r.Metrics.DatapathError(metrics.OpAttachments)
 		return nil, fmt.Errorf("list attachments: %w", err)
 	}
+	r.pinsErr.Store(nil)
 	r.attached = make(map[string]attachment, len(atts))
 	for _, a := range atts {
 		if a.CgroupPath == "" {

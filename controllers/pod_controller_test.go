@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sockhop/sockhop/pkg/metrics"
@@ -27,12 +28,14 @@ func TestAccelerateAndOptOut(t *testing.T) {
 		return slices.Equal(a.lastIPs(), []string{web.Status.PodIP}), "pod IPs " + strings.Join(a.lastIPs(), ",")
 	})
 
-	// Reconciles caused by unrelated changes do not attach or announce again.
+	// Reconciles caused by unrelated changes do not attach or announce
+	// again: once the change is in the cache, a reconcile and a
+	// convergence of it are done synchronously before the counts are read.
 	n.annotate(web, "example.com/unrelated", "1")
+	a.reconcileNow(web)
 	if err := a.rec.Converge(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
 	if got := a.events.count(web.UID, ReasonAccelerated); got != 1 {
 		t.Errorf("%d Accelerated events for one attach, want 1", got)
 	}
@@ -174,7 +177,13 @@ func TestCgroupAppearsLate(t *testing.T) {
 	a := n.startAgent(agentOptions{cgroupWait: 2 * time.Second})
 	a.waitSynced()
 
-	time.Sleep(300 * time.Millisecond)
+	// The first convergence looked at both pods; a reconcile now finds no
+	// cgroup and says it will look again.
+	for _, p := range []*corev1.Pod{soon, late} {
+		if res := a.reconcileNow(p); res.RequeueAfter <= 0 {
+			t.Errorf("pod %s without a cgroup: reconcile %+v, want a requeue to look again", p.Name, res)
+		}
+	}
 	if a.attached(soon) || a.attached(late) {
 		t.Fatal("attached without a cgroup")
 	}
@@ -299,4 +308,46 @@ func TestRestartConvergence(t *testing.T) {
 		t.Errorf("pod IPs after restart: %d, want the %d of the kept pods", len(got), len(want))
 	}
 	t.Logf("restart convergence with 50 pods (5 deleted while down): %s", converged)
+}
+
+// TestAttachLatencyCountsFromWanted: a pod whose cgroup appeared while its
+// namespace was not labelled is attached when the label comes; the attach
+// latency counts from then, not from the cgroup's creation.
+func TestAttachLatencyCountsFromWanted(t *testing.T) {
+	n := newTestNode(t)
+	ns := n.namespace(false)
+	p := n.pod(ns, "labelled-later", nil)
+	a := n.startAgent(agentOptions{})
+	reg := prometheus.NewRegistry()
+	if err := a.metrics.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	a.waitSynced()
+	n.mkCgroup(p)
+	// As if the cgroup watcher had seen the cgroup two seconds ago.
+	a.rec.mu.Lock()
+	a.rec.seen[string(p.UID)] = time.Now().Add(-2 * time.Second)
+	a.rec.mu.Unlock()
+	a.reconcileNow(p) // not wanted: the namespace is not labelled
+	if a.attached(p) {
+		t.Fatal("attached in an unlabelled namespace")
+	}
+
+	n.setNamespaceLabel(ns, true)
+	a.waitAttached(p)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "sockhop_attach_latency_seconds" {
+			continue
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		if h.GetSampleCount() != 1 || h.GetSampleSum() >= 1 {
+			t.Fatalf("attach latency: %d observations summing to %.3fs, want one under 1s (the time since the label came)", h.GetSampleCount(), h.GetSampleSum())
+		}
+		return
+	}
+	t.Fatal("no sockhop_attach_latency_seconds")
 }

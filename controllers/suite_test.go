@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"net/netip"
@@ -35,6 +36,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/cgroup"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/metrics"
@@ -61,8 +63,9 @@ func runTests(m *testing.M) int {
 		panic(err)
 	}
 	log.SetLogger(zap.New(zap.UseDevMode(true), zap.Level(zapLevel())))
+	flag.Parse() // for testing.Short
 	envtestSkip = envtestUnavailable()
-	if envtestSkip != "" {
+	if envtestSkip != "" || testing.Short() {
 		return m.Run()
 	}
 	env := &envtest.Environment{ControlPlaneStopTimeout: time.Minute}
@@ -103,17 +106,11 @@ func envtestUnavailable() string {
 }
 
 // requireEnvtest skips a test that needs the API server, root and the
-// kernel when they are missing, and fails it in CI (CI=true): there a
-// missing prerequisite must not pass as green.
+// kernel under -short or when they are missing, and fails it in CI
+// (CI=true) when they are missing (the needs rule).
 func requireEnvtest(t *testing.T) {
 	t.Helper()
-	if envtestSkip == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("cannot run (CI=true forbids skipping): %s", envtestSkip)
-	}
-	t.Skip(envtestSkip)
+	needs.Cluster(t, envtestSkip)
 }
 
 // testNode is one simulated node: its name scopes the agent's pod cache,
@@ -524,6 +521,30 @@ func (r *recordingRecorder) count(uid types.UID, reason string) int {
 		}
 	}
 	return n
+}
+
+// reconcileNow waits until the agent's cache holds the pod as the API
+// server has it now, then reconciles it synchronously: what the agent does
+// about the pod's latest change is done when this returns, so that a test
+// can assert that something did not happen without sleeping.
+func (a *agent) reconcileNow(p *corev1.Pod) ctrl.Result {
+	a.t.Helper()
+	key := client.ObjectKeyFromObject(p)
+	var cur corev1.Pod
+	if err := a.node.client.Get(context.Background(), key, &cur); err != nil {
+		a.t.Fatal(err)
+	}
+	eventually(a.t, 10*time.Second, func() (bool, string) {
+		var cached corev1.Pod
+		err := a.rec.Client.Get(context.Background(), key, &cached)
+		return err == nil && cached.ResourceVersion == cur.ResourceVersion,
+			fmt.Sprintf("cache has %s at %q, the API server at %q (%v)", key, cached.ResourceVersion, cur.ResourceVersion, err)
+	})
+	res, err := a.rec.Reconcile(context.Background(), ctrl.Request{NamespacedName: key})
+	if err != nil {
+		a.t.Fatalf("reconcile %s: %v", key, err)
+	}
+	return res
 }
 
 func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string)) {

@@ -243,6 +243,28 @@ func (c *cluster) setLabel(t *testing.T, name, value string) {
 // idles so that clients can be exec'd in it.
 func (c *cluster) meshPod(t *testing.T, ns, name string, annotations map[string]string) *corev1.Pod {
 	t.Helper()
+	pod := meshPodSpec(ns, name, annotations)
+	ctx := context.Background()
+	if _, err := c.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod %s/%s: %v", ns, name, err)
+	}
+	var got *corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		got = p
+		return podReady(p), nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s/%s not Ready: %v (phase %s)", ns, name, err, got.Status.Phase)
+	}
+	return got
+}
+
+// meshPodSpec is the pod meshPod creates.
+func meshPodSpec(ns, name string, annotations map[string]string) *corev1.Pod {
 	app := []string{"workload", "sleep"}
 	if strings.HasPrefix(name, "server") {
 		app = []string{"workload", "server", "-seed", fmt.Sprint(serverSeed)}
@@ -273,23 +295,7 @@ func (c *cluster) meshPod(t *testing.T, ns, name string, annotations map[string]
 			},
 		},
 	}
-	ctx := context.Background()
-	if _, err := c.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create pod %s/%s: %v", ns, name, err)
-	}
-	var got *corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		got = p
-		return podReady(p), nil
-	})
-	if err != nil {
-		t.Fatalf("pod %s/%s not Ready: %v (phase %s)", ns, name, err, got.Status.Phase)
-	}
-	return got
+	return pod
 }
 
 // accelerated waits for an Accelerated event of this pod (by UID) and reports

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -178,6 +180,21 @@ func TestE2E(t *testing.T) {
 		}, true)
 	})
 
+	t.Run("DaemonSet deleted and re-created under load: the new agent keeps the datapath", func(t *testing.T) {
+		// What kubectl replace --force, a GitOps replace or a release
+		// re-install does: the old agent sees its DaemonSet deleted, then
+		// a new one of the same name; it must leave the pins to the new
+		// agent, which waits for the node lock until the old one is gone.
+		underLoad(t, func(t *testing.T) {
+			old := c.agentPod(t)
+			c.replaceDaemonSet(t)
+			c.waitNewAgent(t, string(old.UID))
+			if _, err := os.Stat("/sys/fs/bpf/sockhop/links/sk_msg"); err != nil {
+				t.Fatalf("the datapath is gone after the DaemonSet was replaced: %v", err)
+			}
+		}, true)
+	})
+
 	t.Run("removing the label stops acceleration of new connections", func(t *testing.T) {
 		c.setLabel(t, ns, "")
 		defer c.setLabel(t, ns, accelValue)
@@ -234,6 +251,45 @@ func TestE2E(t *testing.T) {
 			t.Errorf("pins left under /sys/fs/bpf/sockhop after helm uninstall: %v", names)
 		}
 	})
+}
+
+// replaceDaemonSet deletes the agent's DaemonSet and creates it again with
+// the same name and spec (a new UID), as kubectl replace --force does.
+func (c *cluster) replaceDaemonSet(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	dss := c.cs.AppsV1().DaemonSets(sockhopNS)
+	ds, err := dss.Get(ctx, release, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	background := metav1.DeletePropagationBackground
+	if err := dss.Delete(ctx, release, metav1.DeleteOptions{PropagationPolicy: &background}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := dss.Get(ctx, release, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the DaemonSet is not gone a minute after its deletion")
+		}
+	}
+	annotations := map[string]string{}
+	for k, v := range ds.Annotations {
+		if k != "deprecated.daemonset.template.generation" {
+			annotations[k] = v
+		}
+	}
+	fresh := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: ds.Name, Namespace: ds.Namespace, Labels: ds.Labels, Annotations: annotations},
+		Spec:       ds.Spec,
+	}
+	created, err := dss.Create(ctx, fresh, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("DaemonSet %s re-created: uid %s → %s", release, ds.UID, created.UID)
 }
 
 // checkNotAccelerated checks that a pair of pods gets no Accelerated event, is not

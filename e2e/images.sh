@@ -43,7 +43,9 @@ build_go() {
 		compgen -G "${REPO_ROOT}/${pkg}/*.go" >/dev/null || die "${pkg} has no Go files yet: nothing to put in ${AGENT_IMAGE}"
 	done
 	mkdir -p "${TOOLS_DIR}"
-	(cd "${REPO_ROOT}" && CGO_ENABLED=0 go build -ldflags "-s -w" -o "${TOOLS_DIR}/" \
+	local version="${VERSION:-$("${REPO_ROOT}/hack/version.sh")}"
+	log "version ${version}"
+	(cd "${REPO_ROOT}" && CGO_ENABLED=0 go build -ldflags "-s -w -X main.version=${version}" -o "${TOOLS_DIR}/" \
 		./cmd/sockhop-agent ./cmd/sockhop ./e2e/workload ./e2e/image/cmd/ociimage)
 }
 

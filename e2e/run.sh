@@ -6,6 +6,7 @@
 #   sudo e2e/run.sh [go test flags, e.g. -run 'TestE2E/helm' -v]
 #
 # The daemons' logs are copied to ${SOCKHOP_E2E_LOGS_DIR:-/tmp/sockhop-e2e-logs}.
+# SOCKHOP_SOAK is how long TestSoak runs (default 45s; make soak: 10m).
 set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,8 +36,8 @@ main() {
 	cluster_up
 	step "import images"
 	"${E2E_DIR}/images.sh" load
-	step "go test ./e2e/..."
-	(cd "${REPO_ROOT}" && SOCKHOP_E2E=1 "${E2E_DIR}/cluster/exec.sh" go test -count=1 -timeout 30m "$@" ./e2e/...)
+	step "go test ./e2e/... (soak: ${SOCKHOP_SOAK:=45s})"
+	(cd "${REPO_ROOT}" && SOCKHOP_E2E=1 SOCKHOP_SOAK="${SOCKHOP_SOAK}" "${E2E_DIR}/cluster/exec.sh" go test -count=1 -timeout 30m "$@" ./e2e/...)
 }
 
 main "$@"

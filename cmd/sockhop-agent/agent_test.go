@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"net"
@@ -31,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/cgroup"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
@@ -46,10 +49,16 @@ var (
 	kubeconfig  string
 )
 
+// testVersion is stamped into the agent the tests run, as the Makefile does.
+const testVersion = "v0.0.0-agent-test"
+
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 
 func runTests(m *testing.M) int {
+	flag.Parse() // for testing.Short
 	switch {
+	case testing.Short():
+		envtestSkip = "-short"
 	case os.Geteuid() != 0:
 		envtestSkip = "needs root: the agent loads BPF programs and the test creates cgroups"
 	case os.Getenv("KUBEBUILDER_ASSETS") == "":
@@ -67,7 +76,7 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	agentBin = filepath.Join(tmp, "sockhop-agent")
-	if out, err := exec.Command("go", "build", "-o", agentBin, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-ldflags", "-X main.version="+testVersion, "-o", agentBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build sockhop-agent: %v\n%s", err, out)
 		return 1
 	}
@@ -97,13 +106,7 @@ func runTests(m *testing.M) int {
 
 func requireEnvtest(t *testing.T) {
 	t.Helper()
-	if envtestSkip == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("cannot run (CI=true forbids skipping): %s", envtestSkip)
-	}
-	t.Skip(envtestSkip)
+	needs.Cluster(t, envtestSkip)
 }
 
 // fixture is one simulated node with its own pins and cgroup root.
@@ -449,7 +452,7 @@ func TestAgentFigures(t *testing.T) {
 	if v, _ := a.metric(`sockhop_attach_total{result="success"}`); v != podCount {
 		t.Errorf(`sockhop_attach_total{result="success"} = %v, want %d`, v, podCount)
 	}
-	for _, s := range []string{"sockhop_datapath_ready", `sockhop_build_info{version="dev"}`} {
+	for _, s := range []string{"sockhop_datapath_ready", `sockhop_build_info{version="` + testVersion + `"}`} {
 		if v, ok := a.metric(s); !ok || v != 1 {
 			t.Errorf("%s = %v (present: %v), want 1", s, v, ok)
 		}
@@ -539,5 +542,159 @@ func TestAgentUninstallOnDelete(t *testing.T) {
 	}
 	if !strings.Contains(a.logText(), "datapath uninstalled") {
 		t.Errorf("no uninstall in the log:\n%s", a.logText())
+	}
+}
+
+// createDaemonSet creates the agent's DaemonSet in ns and returns it.
+func (f *fixture) createDaemonSet(ns string) *appsv1.DaemonSet {
+	f.t.Helper()
+	labels := map[string]string{"app": "sockhop-agent"}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "sockhop"},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "sockhop-agent"}}},
+			},
+		},
+	}
+	if err := f.client.Create(context.Background(), ds); err != nil {
+		f.t.Fatal(err)
+	}
+	return ds
+}
+
+// waitLog waits until the agent's log contains s.
+func (a *agentProc) waitLog(s string, timeout time.Duration) {
+	a.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(a.logText(), s) {
+		if time.Now().After(deadline) {
+			a.t.Fatalf("agent did not log %q within %s; log:\n%s", s, timeout, a.logText())
+		}
+		select {
+		case err := <-a.exited:
+			a.t.Fatalf("agent exited (%v) before logging %q; log:\n%s", err, s, a.logText())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// readyz returns the status and body of /readyz/datapath ("" when the
+// probe server does not answer).
+func (a *agentProc) readyz() (int, string) {
+	resp, err := http.Get("http://" + a.probe + "/readyz/datapath")
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestAgentKeepsDatapathWhenDaemonSetReplaced: a DaemonSet deleted and
+// re-created under the same name (helm uninstall && helm install, kubectl
+// replace --force) is not an uninstall: the old agent, stopping after its
+// DaemonSet was seen deleted, leaves the pins to the new one.
+func TestAgentKeepsDatapathWhenDaemonSetReplaced(t *testing.T) {
+	f := newFixture(t)
+	ns := f.namespace()
+	p := f.pods(ns, 1)[0]
+	if err := os.Mkdir(f.cgroupDir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ds := f.createDaemonSet(ns)
+	env := []string{"DAEMONSET_NAME=sockhop", "POD_NAMESPACE=" + ns}
+	a := f.startAgent(env...)
+	a.waitReady(30 * time.Second)
+
+	if err := f.client.Delete(context.Background(), ds); err != nil {
+		t.Fatal(err)
+	}
+	a.waitLog("the agent's DaemonSet is being deleted", 10*time.Second)
+	replacement := f.createDaemonSet(ns)
+	if replacement.UID == ds.UID {
+		t.Fatal("the re-created DaemonSet has the old UID")
+	}
+	a.waitLog("a new DaemonSet of the same name replaces the agent's", 10*time.Second)
+	a.stop()
+	if _, err := os.Stat(f.pinDir); err != nil {
+		t.Fatalf("the old agent removed the datapath although its DaemonSet was replaced (%v); log:\n%s", err, a.logText())
+	}
+	if !strings.Contains(a.logText(), "replaced by another") {
+		t.Errorf("agent did not say why it kept the datapath; log:\n%s", a.logText())
+	}
+	ro, err := datapath.Open(f.pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if atts, err := ro.Attachments(); err != nil || len(atts) != 1 {
+		t.Fatalf("attachments after the old agent stopped: %v, %v; want the pod's", atts, err)
+	}
+}
+
+// TestAgentsOnOneNodeTakeTurns: a second agent on the node (a re-created
+// DaemonSet, a surge) waits for the first to exit before touching the pins.
+func TestAgentsOnOneNodeTakeTurns(t *testing.T) {
+	f := newFixture(t)
+	ns := f.namespace()
+	p := f.pods(ns, 1)[0]
+	if err := os.Mkdir(f.cgroupDir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	first := f.startAgent()
+	first.waitReady(30 * time.Second)
+	second := f.startAgent()
+	second.waitLog("another sockhop agent holds the node lock", 10*time.Second)
+	if code, _ := second.readyz(); code != 0 {
+		t.Fatalf("the second agent serves probes (%d) while the first holds the node", code)
+	}
+	if strings.Contains(second.logText(), "datapath loaded") {
+		t.Fatalf("the second agent loaded the datapath while the first ran; log:\n%s", second.logText())
+	}
+	first.stop()
+	second.waitReady(30 * time.Second)
+	if v, _ := second.metric("sockhop_pods_accelerated"); v != 1 {
+		t.Errorf("after the hand-over sockhop_pods_accelerated = %v, want 1", v)
+	}
+}
+
+// TestAgentDegradedOnLoadFailure: a load failure that is not a missing
+// kernel feature (here a pin the datapath cannot open) leaves the agent up
+// and unready with the reason, and sockhop_datapath_ready at 0.
+func TestAgentDegradedOnLoadFailure(t *testing.T) {
+	f := newFixture(t)
+	// bpffs holds directories; one where a map pin belongs cannot be opened.
+	if err := os.MkdirAll(filepath.Join(f.pinDir, "maps", "sockhop_socks"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	a := f.startAgent()
+	deadline := time.Now().Add(30 * time.Second)
+	var (
+		code int
+		body string
+	)
+	for ; time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if code, body = a.readyz(); code != 0 {
+			break
+		}
+		select {
+		case err := <-a.exited:
+			t.Fatalf("agent exited (%v) instead of degrading; log:\n%s", err, a.logText())
+		default:
+		}
+	}
+	if code != http.StatusInternalServerError || !strings.Contains(body, "degraded") || !strings.Contains(body, "sockhop_socks") {
+		t.Fatalf("/readyz/datapath = %d %q, want 500 with the reason; log:\n%s", code, body, a.logText())
+	}
+	if v, ok := a.metric("sockhop_datapath_ready"); !ok || v != 0 {
+		t.Errorf("sockhop_datapath_ready = %v (present: %v), want 0", v, ok)
+	}
+	select {
+	case err := <-a.exited:
+		t.Fatalf("degraded agent exited (%v); log:\n%s", err, a.logText())
+	case <-time.After(2 * time.Second):
 	}
 }

@@ -104,22 +104,34 @@ func TestParseUIDs(t *testing.T) {
 	}
 }
 
+type fakeConverged struct{ err error }
+
+func (f *fakeConverged) Ready() error { return f.err }
+
 func TestReadiness(t *testing.T) {
 	fe := &datapath.FeatureError{Feature: "program type sk_msg", Err: errors.New("invalid argument")}
-	synced := false
-	check := readiness(nil, func() bool { return synced })
+	rec := &fakeConverged{err: errors.New("first convergence not done yet")}
+	check := readiness(nil, rec)
 	if err := check(nil); err == nil || !strings.Contains(err.Error(), "first convergence") {
 		t.Errorf("before the first convergence: %v", err)
 	}
-	synced = true
+	rec.err = nil
 	if err := check(nil); err != nil {
 		t.Errorf("after the first convergence: %v", err)
 	}
-	err := readiness(fe, func() bool { return true })(nil)
+	// Ready is not for ever: the check follows the reconciler.
+	rec.err = errors.New("cannot read the datapath's pins: gone")
+	if err := check(nil); err == nil || !strings.Contains(err.Error(), "pins") {
+		t.Errorf("pins unreadable after being ready: %v", err)
+	}
+	err := readiness(fe, &fakeConverged{})(nil)
 	if err == nil || !strings.Contains(err.Error(), "degraded, accelerating nothing: kernel lacks program type sk_msg") {
 		t.Errorf("degraded: %v", err)
 	}
 	if !errors.Is(err, datapath.ErrNotSupported) {
 		t.Errorf("degraded reason does not wrap datapath.ErrNotSupported: %v", err)
+	}
+	if err := readiness(nil, nil)(nil); err == nil {
+		t.Error("no reconciler, yet ready")
 	}
 }

@@ -12,19 +12,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
-	appsv1 "k8s.io/api/apps/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -62,6 +55,8 @@ type config struct {
 	uninstallOnDelete  bool
 	daemonSetName      string // from the environment, for uninstallOnDelete
 	daemonSetNamespace string
+	podName            string // the agent's own pod, to find its DaemonSet's UID
+	resyncPeriod       time.Duration
 	zap                zap.Options
 }
 
@@ -86,7 +81,10 @@ func bindFlags(fs *flag.FlagSet) *config {
 	fs.StringVar(&c.probeAddr, "health-probe-bind-address", ":9963", "address of /healthz and /readyz")
 	fs.BoolVar(&c.uninstallOnDelete, "uninstall-on-delete", true,
 		"on SIGTERM, remove every sockhop program and pin from the node if the agent's DaemonSet ($DAEMONSET_NAME in $POD_NAMESPACE) is gone or being deleted")
+	fs.DurationVar(&c.resyncPeriod, "resync-period", controllers.DefaultResyncPeriod,
+		"how often the whole node is converged again (pods and pins), besides the watches")
 	c.daemonSetName = os.Getenv("DAEMONSET_NAME")
+	c.podName = os.Getenv("POD_NAME")
 	c.daemonSetNamespace = os.Getenv("POD_NAMESPACE")
 	c.zap.BindFlags(fs)
 	return c
@@ -104,6 +102,9 @@ func (c *config) validate() error {
 	case "auto", "true", "false":
 	default:
 		return fmt.Errorf("--app-receivers: want auto, true or false, got %q", c.appReceivers)
+	}
+	if c.resyncPeriod <= 0 {
+		return fmt.Errorf("--resync-period must be positive, got %s", c.resyncPeriod)
 	}
 	c.cgroup.Driver = cgroup.Driver(c.cgroupDriver)
 	return nil
@@ -159,19 +160,34 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 		return fmt.Errorf("register metrics: %w", err)
 	}
 
-	// A kernel without a feature sockhop needs is not a crash loop: the agent
-	// stays up, unready, says why once, and every pod keeps plain TCP.
-	var degraded error
-	dp, err := datapath.Load(datapath.Options{PinDir: c.bpffsDir, ProxyUIDs: proxyUIDs,
-		AppReceivers: appReceivers(ctx, c.appReceivers, logger), MaxConnections: c.maxConnections, NoSyscallGuard: !c.syscallGuard})
-	var fe *datapath.FeatureError
-	switch {
-	case errors.As(err, &fe):
-		degraded = err
-		logger.Error(err, "this kernel cannot run sockhop; accelerating nothing, pods keep plain TCP", "feature", fe.Feature)
-	case err != nil:
-		return fmt.Errorf("load datapath: %w", err)
-	default:
+	// One agent per node at a time: a second one (a re-created DaemonSet, a
+	// rolling update with surge) waits here until the first has exited, or
+	// uninstalled, so that the two never interleave on the pins.
+	lock, err := datapath.LockNode(ctx, c.bpffsDir, func() {
+		logger.Info("another sockhop agent holds the node lock; waiting until it exits", "pinDir", c.bpffsDir)
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil // stopped while waiting: the other agent owns the node
+	}
+	defer lock.Unlock()
+
+	// Nothing the datapath can fail at is a crash loop: the agent stays up,
+	// unready, says why once, and every pod keeps plain TCP.
+	var (
+		degraded error
+		dp       *datapath.Datapath
+	)
+	if err != nil {
+		degraded = fmt.Errorf("lock the pin directory: %w", err)
+		logger.Error(err, "cannot lock the pin directory; accelerating nothing, pods keep plain TCP", "pinDir", c.bpffsDir)
+	} else {
+		dp, degraded = loadDatapath(datapath.Load, datapath.Options{PinDir: c.bpffsDir, ProxyUIDs: proxyUIDs,
+			AppReceivers: appReceivers(ctx, c.appReceivers, logger), MaxConnections: c.maxConnections, NoSyscallGuard: !c.syscallGuard}, logger)
+	}
+	if dp != nil {
+		if err := datapath.MarkAgentManaged(c.bpffsDir); err != nil {
+			logger.Error(err, "cannot mark the datapath as the agent's; `sockhop attach` will not know an agent manages this node")
+		}
 		m.SetCounterSource(dp)
 		logger.Info("datapath loaded", "pinDir", c.bpffsDir, "version", version)
 	}
@@ -188,13 +204,17 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 		closeDatapath(dp, logger)
 		return fmt.Errorf("create manager: %w", err)
 	}
-	var rec *controllers.PodReconciler
+	var (
+		rec      *controllers.PodReconciler
+		resolver *cgroup.Resolver
+	)
 	if dp != nil {
-		resolver, err := cgroup.NewResolver(c.cgroup)
-		if err != nil {
-			closeDatapath(dp, logger)
-			return err
+		if resolver, err = cgroup.NewResolver(c.cgroup); err != nil {
+			logger.Error(err, "cannot find the pods' cgroups; accelerating nothing, pods keep plain TCP")
+			degraded = fmt.Errorf("find the pods' cgroups: %w", err)
 		}
+	}
+	if dp != nil && degraded == nil {
 		rec = &controllers.PodReconciler{
 			Client:   mgr.GetClient(),
 			Recorder: mgr.GetEventRecorder("sockhop-agent"),
@@ -203,6 +223,8 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 			Metrics:  m,
 			NodeName: c.nodeName,
 			Selector: c.selector,
+
+			ResyncPeriod: c.resyncPeriod,
 		}
 		if err := rec.SetupWithManager(mgr); err != nil {
 			closeDatapath(dp, logger)
@@ -217,8 +239,13 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
-	synced := func() bool { return rec != nil && rec.Synced() }
-	if err := mgr.AddReadyzCheck("datapath", readiness(degraded, synced)); err != nil {
+	var conv convergedState
+	if rec != nil {
+		conv = rec
+	}
+	ready := readiness(degraded, conv)
+	m.SetReadiness(func() bool { return ready(nil) == nil })
+	if err := mgr.AddReadyzCheck("datapath", ready); err != nil {
 		return err
 	}
 
@@ -231,7 +258,7 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 	if runErr != nil {
 		return fmt.Errorf("run manager: %w", runErr)
 	}
-	if c.uninstallOnDelete {
+	if c.uninstallOnDelete && lock != nil {
 		uninstallIfDeleted(restCfg, scheme, c, dsWatch, logger)
 	}
 	return nil
@@ -259,54 +286,42 @@ func appReceivers(ctx context.Context, mode string, logger logr.Logger) bool {
 	return true
 }
 
-// daemonSetWatch remembers whether the agent's own DaemonSet was seen being
-// deleted while the agent ran. `helm uninstall` deletes the DaemonSet and,
-// right after, the agent's ServiceAccount and RBAC: by the time the agent
-// gets SIGTERM it may no longer be allowed to ask.
-type daemonSetWatch struct{ deleted atomic.Bool }
-
-func watchDaemonSet(ctx context.Context, restCfg *rest.Config, scheme *runtime.Scheme, c *config, logger logr.Logger) *daemonSetWatch {
-	w := &daemonSetWatch{}
-	cl, err := client.NewWithWatch(restCfg, client.Options{Scheme: scheme})
-	if err != nil {
-		logger.Error(err, "cannot watch the agent's DaemonSet; uninstall will rely on a last look at shutdown")
-		return w
+// loadDatapath loads the datapath; any failure (a missing kernel feature, a
+// verifier or CO-RE relocation error, incompatible pins) is returned as the
+// reason the agent is degraded, never as an error that ends the agent.
+func loadDatapath(load func(datapath.Options) (*datapath.Datapath, error), opts datapath.Options, logger logr.Logger) (*datapath.Datapath, error) {
+	dp, err := load(opts)
+	if err == nil {
+		return dp, nil
 	}
-	go func() {
-		for ctx.Err() == nil {
-			wi, err := cl.Watch(ctx, &appsv1.DaemonSetList{}, client.InNamespace(c.daemonSetNamespace),
-				client.MatchingFields{"metadata.name": c.daemonSetName})
-			if err != nil {
-				select {
-				case <-ctx.Done():
-				case <-time.After(5 * time.Second):
-				}
-				continue
-			}
-			for ev := range wi.ResultChan() {
-				ds, ok := ev.Object.(*appsv1.DaemonSet)
-				if ok && (ev.Type == watch.Deleted || ds.DeletionTimestamp != nil) {
-					w.deleted.Store(true)
-				}
-			}
-			wi.Stop()
-		}
-	}()
-	return w
+	var fe *datapath.FeatureError
+	if errors.As(err, &fe) {
+		logger.Error(err, "this kernel cannot run sockhop; accelerating nothing, pods keep plain TCP", "feature", fe.Feature)
+	} else {
+		logger.Error(err, "cannot load the datapath; accelerating nothing, pods keep plain TCP", "pinDir", opts.PinDir)
+	}
+	return nil, fmt.Errorf("load datapath: %w", err)
 }
 
-// readiness is the agent's /readyz check: ready once the datapath is loaded
-// and the first convergence is done; a degraded agent (the kernel lacks a
-// feature) is never ready and says why.
-func readiness(degraded error, synced func() bool) healthz.Checker {
+// convergedState is what readiness needs of the reconciler.
+type convergedState interface {
+	// Ready is nil once the first convergence is done and the last one
+	// could read the datapath's pins.
+	Ready() error
+}
+
+// readiness is the agent's /readyz check, and sockhop_datapath_ready:
+// ready once the datapath is loaded and converged, and for as long as the
+// pins can be read; a degraded agent is never ready and says why.
+func readiness(degraded error, rec convergedState) healthz.Checker {
 	return func(*http.Request) error {
 		switch {
 		case degraded != nil:
 			return fmt.Errorf("degraded, accelerating nothing: %w", degraded)
-		case !synced():
-			return errors.New("first convergence not done yet")
+		case rec == nil:
+			return errors.New("no pod controller")
 		}
-		return nil
+		return rec.Ready()
 	}
 }
 
@@ -317,58 +332,6 @@ func closeDatapath(dp *datapath.Datapath, logger logr.Logger) {
 	if err := dp.Close(); err != nil {
 		logger.Error(err, "close datapath")
 	}
-}
-
-// uninstallIfDeleted removes sockhop from the node when the agent stops
-// because its DaemonSet is gone or being deleted (helm uninstall). A
-// restart, crash, upgrade or drain leaves the DaemonSet in place: then the
-// pins, and with them every accelerated connection, stay for the next agent.
-// When the DaemonSet cannot be read, nothing is removed.
-func uninstallIfDeleted(restCfg *rest.Config, scheme *runtime.Scheme, c *config, w *daemonSetWatch, logger logr.Logger) {
-	if c.daemonSetName == "" || c.daemonSetNamespace == "" {
-		logger.Info("DAEMONSET_NAME or POD_NAMESPACE unset: keeping the datapath installed")
-		return
-	}
-	if w != nil && w.deleted.Load() {
-		logger.Info("DaemonSet was deleted while the agent ran: uninstalling the datapath", "daemonset", c.daemonSetName)
-		uninstall(c, logger)
-		return
-	}
-	cl, err := client.New(restCfg, client.Options{Scheme: scheme})
-	if err != nil {
-		logger.Error(err, "cannot check the DaemonSet; keeping the datapath installed")
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	key := types.NamespacedName{Namespace: c.daemonSetNamespace, Name: c.daemonSetName}
-	var ds appsv1.DaemonSet
-	err = cl.Get(ctx, key, &ds)
-	switch {
-	case apierrors.IsNotFound(err):
-		logger.Info("DaemonSet is gone: uninstalling the datapath", "daemonset", key)
-	case apierrors.IsUnauthorized(err):
-		// The API server rejects the token of a deleted ServiceAccount:
-		// the chart that owns both is being removed.
-		logger.Info("the agent's ServiceAccount is gone: uninstalling the datapath", "daemonset", key)
-	case err != nil:
-		logger.Error(err, "cannot check the DaemonSet; keeping the datapath installed", "daemonset", key)
-		return
-	case ds.DeletionTimestamp != nil:
-		logger.Info("DaemonSet is being deleted: uninstalling the datapath", "daemonset", key)
-	default:
-		logger.Info("DaemonSet still exists (restart, upgrade or drain): keeping the datapath installed", "daemonset", key)
-		return
-	}
-	uninstall(c, logger)
-}
-
-func uninstall(c *config, logger logr.Logger) {
-	if err := datapath.Uninstall(c.bpffsDir); err != nil {
-		logger.Error(err, "uninstall datapath", "pinDir", c.bpffsDir)
-		return
-	}
-	logger.Info("datapath uninstalled; established connections continue over TCP", "pinDir", c.bpffsDir)
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
@@ -73,9 +71,16 @@ CGROUP is a directory of the cgroup v2 hierarchy, absolute or relative to its
 mount point (/sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid
 ones). Attaching an attached cgroup updates its excluded ports.
 
-When sockhop is installed already (by the agent or an earlier attach), attach
-uses it as it is, with the options it was installed with; --app-receivers,
---proxy-uids and --backlog-limit apply only when this attach installs it.`,
+When sockhop is installed already (by an earlier attach), attach uses it as
+it is, with the options it was installed with; --app-receivers, --proxy-uids
+and --backlog-limit apply only when this attach installs it.
+
+On a node where sockhop-agent manages the datapath, attach refuses: the agent
+derives what is attached from the Kubernetes API and detaches every cgroup
+that is not one of its pods'. Opt pods in with the namespace label instead.
+
+A cgroup inside an attached one, or containing one, is refused too: the
+sockops program would run twice for each of its connections.`,
 		Example: `  sockhop attach system.slice/nginx.service
   sockhop attach /sys/fs/cgroup/app.slice --exclude-ports 5432,9300`,
 		Args: exactArgs(1, "CGROUP"),
@@ -84,7 +89,7 @@ uses it as it is, with the options it was installed with; --app-receivers,
 		fmt.Sprintf("comma-separated ports whose connections stay on TCP (at most %d)", datapath.MaxExcludePorts))
 	lf.register(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		excl, err := parsePorts(ports)
+		excl, err := datapath.ParsePorts(ports)
 		if err != nil {
 			return &usageError{err: fmt.Errorf("--exclude-ports: %w", err)}
 		}
@@ -96,6 +101,11 @@ uses it as it is, with the options it was installed with; --app-receivers,
 		if err != nil {
 			return err
 		}
+		lock, err := lockAgainstAgent(g.pinDir)
+		if err != nil {
+			return err
+		}
+		defer lock.Unlock()
 		dp, err := datapath.Open(g.pinDir)
 		if errors.Is(err, datapath.ErrNotInstalled) {
 			dp, err = datapath.Load(opts)
@@ -183,6 +193,26 @@ as it is and never installs one.`,
 	return cmd
 }
 
+// lockAgainstAgent takes the node lock for a CLI change of the attachments,
+// refusing when the node agent runs (it holds the lock) or manages the
+// datapath (its mark is in the pins, e.g. while it restarts): the agent
+// detaches every cgroup that belongs to none of its pods, so an attachment
+// made by hand would be silently undone.
+func lockAgainstAgent(pinDir string) (*datapath.NodeLock, error) {
+	lock, err := datapath.TryLockNode(pinDir)
+	if errors.Is(err, datapath.ErrLocked) {
+		return nil, fmt.Errorf("sockhop-agent manages this node (it holds %s): it would detach a cgroup attached by hand; opt the pod's namespace in with the label instead", pinDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if datapath.AgentManaged(pinDir) {
+		lock.Unlock()
+		return nil, fmt.Errorf("sockhop-agent manages the datapath in %s (it is not running now, e.g. restarting): it would detach a cgroup attached by hand; opt the pod's namespace in with the label instead, or, if Kubernetes no longer runs here, 'sockhop uninstall --yes' first", pinDir)
+	}
+	return lock, nil
+}
+
 func findAttachment(atts []datapath.Attachment, path string, id uint64, byPath bool) (datapath.Attachment, bool) {
 	for _, a := range atts {
 		if byPath && a.CgroupPath == path || !byPath && a.CgroupID == id {
@@ -200,11 +230,20 @@ func newUninstallCommand(g *globalOptions) *cobra.Command {
 		Long: `Remove every sockhop link and pin under --bpffs-dir: every cgroup is detached
 and the maps are freed. New connections go through TCP; sockets in the
 sockhash leave it and carry on through TCP, in order, without losing a byte.
-Stop the agent first, or it attaches the pods again.`,
+It refuses while sockhop-agent runs on the node: stop the agent first, or it
+attaches the pods again.`,
 		Args: noArgs,
 	}
 	cmd.Flags().BoolVar(&yes, "yes", false, "really uninstall")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		lock, err := datapath.TryLockNode(g.pinDir)
+		if errors.Is(err, datapath.ErrLocked) {
+			return fmt.Errorf("a running sockhop-agent (or another sockhop command) holds %s: stop the agent first, or it attaches the pods again; `helm uninstall` removes sockhop from every node", g.pinDir)
+		}
+		if err != nil {
+			return err
+		}
+		defer lock.Unlock()
 		ro, err := datapath.Open(g.pinDir)
 		if errors.Is(err, datapath.ErrNotInstalled) {
 			fmt.Fprintf(g.stdout, "sockhop is not installed in %s: nothing to remove\n", g.pinDir)
@@ -234,33 +273,6 @@ Stop the agent first, or it attaches the pods again.`,
 		return nil
 	}
 	return cmd
-}
-
-// parsePorts parses "5432,9300" (spaces allowed around each port).
-// Ports are 1-65535, unique, at most datapath.MaxExcludePorts.
-func parsePorts(s string) ([]uint16, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
-	}
-	var ports []uint16
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			return nil, fmt.Errorf("empty port in %q", s)
-		}
-		n, err := strconv.ParseUint(f, 10, 16)
-		if err != nil || n == 0 {
-			return nil, fmt.Errorf("%q is not a port (1-65535)", f)
-		}
-		if slices.Contains(ports, uint16(n)) {
-			return nil, fmt.Errorf("port %d given twice", n)
-		}
-		ports = append(ports, uint16(n))
-	}
-	if len(ports) > datapath.MaxExcludePorts {
-		return nil, fmt.Errorf("at most %d ports, got %d", datapath.MaxExcludePorts, len(ports))
-	}
-	return ports, nil
 }
 
 // cgroupPath makes a CGROUP argument absolute: a relative one is relative

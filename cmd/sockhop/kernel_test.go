@@ -5,30 +5,27 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
 
-// requireRoot skips for non-root users, except in CI, where a skipped
-// kernel test would hide that nothing was tested.
+// requireRoot: the kernel tests follow the needs rule (skipped under
+// -short; without root skipped, or failed in CI).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("kernel test: CI must run it as root")
-	}
-	t.Skip("kernel test: needs root to load BPF programs and create cgroups and network namespaces")
+	needs.Root(t, "to load BPF programs and create cgroups and network namespaces")
 }
 
 type statusJSON struct {
@@ -343,5 +340,199 @@ func TestBenchQuickWithPlot(t *testing.T) {
 	}
 	if fi.Size() < 20_000 {
 		t.Fatalf("plot has only %d bytes", fi.Size())
+	}
+}
+
+// TestAttachRefusesNested: a cgroup inside an attached one, or containing
+// one, is refused (sockops would run twice for its connections); siblings
+// are fine, and once the inner one is detached the outer one attaches.
+func TestAttachRefusesNested(t *testing.T) {
+	requireRoot(t)
+	bed, err := testbed.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
+	t.Cleanup(func() {
+		if err := datapath.Uninstall(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	dirs := map[string]string{}
+	for _, name := range []string{"outer", "outer/inner", "outer/inner/deeper", "sibling"} {
+		if dirs[name], err = bed.Cgroup(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sh := func(args ...string) (string, string, int) {
+		t.Helper()
+		return cli(t, append([]string{"--bpffs-dir", pinDir}, args...)...)
+	}
+	mustAttach := func(name string) {
+		t.Helper()
+		if _, errOut, code := sh("attach", dirs[name]); code != 0 {
+			t.Fatalf("attach %s: exit %d: %s", name, code, errOut)
+		}
+	}
+	refused := func(name, why string) {
+		t.Helper()
+		_, errOut, code := sh("attach", dirs[name])
+		if code != exitFailure || !strings.Contains(errOut, "nested attachment") || !strings.Contains(errOut, why) {
+			t.Fatalf("attach %s: exit %d, stderr %q; want it refused as nested (%s)", name, code, errOut, why)
+		}
+	}
+	mustAttach("outer/inner")
+	refused("outer", "contains "+dirs["outer/inner"])
+	refused("outer/inner/deeper", "inside "+dirs["outer/inner"])
+	mustAttach("sibling")
+	mustAttach("outer/inner") // re-attaching itself is an update, not nesting
+	if _, errOut, code := sh("detach", dirs["outer/inner"]); code != 0 {
+		t.Fatalf("detach: exit %d: %s", code, errOut)
+	}
+	mustAttach("outer")
+	refused("outer/inner", "inside "+dirs["outer"])
+}
+
+// TestUninstallWithAnOpenConnection: after an uninstall, a connection paired
+// before it keeps the sk_msg program (and its maps) in the kernel; status
+// says so, the connection loses no byte, and the programs go when it
+// closes.
+func TestUninstallWithAnOpenConnection(t *testing.T) {
+	requireRoot(t)
+	bed, err := testbed.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
+	t.Cleanup(func() {
+		if err := datapath.Uninstall(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	sh := func(args ...string) (string, string, int) {
+		t.Helper()
+		return cli(t, append([]string{"--bpffs-dir", pinDir}, args...)...)
+	}
+	pod, err := bed.Cgroup("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := bed.NetNS("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := sh("attach", pod, "--app-receivers"); code != 0 {
+		t.Fatalf("attach: exit %d: %s", code, errOut)
+	}
+	out, errOut, code := sh("status", "-o", "json", "--skip-self-test")
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+	var rep statusReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	installed := map[uint32]string{}
+	for _, p := range rep.Programs {
+		if p.Installed {
+			installed[p.ID] = p.Name
+		}
+	}
+	if len(installed) != 2 {
+		t.Fatalf("status lists %d installed programs, want sockops and sk_msg: %+v", len(installed), rep.Programs)
+	}
+
+	if _, err := bed.Start(testbed.PeerSpec{Role: testbed.RoleServer, Mode: testbed.ModeStream, NetNS: ns.Name, Cgroup: pod,
+		Listen: []string{"127.0.0.1:8080"}}); err != nil {
+		t.Fatal(err)
+	}
+	// One connection, established now, that writes only after the uninstall.
+	const size = 8 << 20
+	client, err := bed.Start(testbed.PeerSpec{Role: testbed.RoleClient, Mode: testbed.ModeStream, NetNS: ns.Name, Cgroup: pod,
+		Target: "127.0.0.1:8080", Conns: 1, Bytes: size, MaxWrite: 64 << 10, ConnectPause: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := datapath.Open(pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		c, err := ro.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.PairedSockets == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the connection was not paired: %+v", c)
+		}
+	}
+	ro.Close()
+	if _, errOut, code := sh("uninstall", "--yes"); code != 0 {
+		t.Fatalf("uninstall: exit %d: %s", code, errOut)
+	}
+
+	// Not installed, yet its sk_msg program runs for the open connection.
+	_, errOut, code = sh("status")
+	if code != exitFailure || !strings.Contains(errOut, "not installed") || !strings.Contains(errOut, "still in the kernel") {
+		t.Fatalf("status after uninstall with a connection open: exit %d: %s", code, errOut)
+	}
+	progs, err := datapath.Programs(pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for _, p := range progs {
+		if installed[p.ID] == "sockhop_msg" {
+			held++
+			if !strings.Contains(errOut, fmt.Sprintf("sockhop_msg id %d", p.ID)) {
+				t.Errorf("status does not name the held program %d: %s", p.ID, errOut)
+			}
+		}
+	}
+	if held != 1 {
+		t.Fatalf("after the uninstall the open connection should hold the sk_msg program %v; the kernel has %+v", installed, progs)
+	}
+
+	res, err := client.Wait()
+	if err == nil {
+		err = res.Err()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Conns != 1 || res.BytesSent != size || res.BytesVerified != size {
+		t.Fatalf("the connection opened before the uninstall lost bytes: %+v", res)
+	}
+	// Closed: its programs go (the kernel frees them after an RCU grace period).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		progs, err := datapath.Programs(pinDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := 0
+		for _, p := range progs {
+			if installed[p.ID] != "" {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("programs of the uninstalled datapath still in the kernel after the connection closed: %+v", progs)
+		}
 	}
 }

@@ -457,3 +457,21 @@ func TestBytesText(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderHeldPrograms: the programs section appears only when the kernel
+// holds a sockhop program that is not the installed one.
+func TestRenderHeldPrograms(t *testing.T) {
+	var b strings.Builder
+	installed := []programView{{ID: 10, Name: "sockhop_sockops", Tag: "aa", Installed: true}, {ID: 11, Name: "sockhop_msg", Tag: "bb", Installed: true}}
+	if err := renderPrograms(&b, installed); err != nil || b.Len() != 0 {
+		t.Fatalf("only installed programs: %q, %v; want nothing", b.String(), err)
+	}
+	if err := renderPrograms(&b, append(installed, programView{ID: 7, Name: "sockhop_msg", Tag: "cc"})); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"1 not installed, held by connections paired before an upgrade or uninstall", "7  ", "cc", "new connections (installed)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("programs section lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -44,7 +45,7 @@ inside the agent pod.`,
 		}
 		dp, err := datapath.Open(g.pinDir)
 		if errors.Is(err, datapath.ErrNotInstalled) {
-			return fmt.Errorf("sockhop is not installed on this node (no pins in %s; is the agent running, or was --bpffs-dir mistyped?)", g.pinDir)
+			return fmt.Errorf("sockhop is not installed on this node (no pins in %s; is the agent running, or was --bpffs-dir mistyped?)%s", g.pinDir, heldNote(g.pinDir))
 		}
 		if err != nil {
 			return fmt.Errorf("open the datapath: %w", err)
@@ -53,6 +54,11 @@ inside the agent pod.`,
 		rep, err := collectStatus(g.pinDir, dp)
 		if err != nil {
 			return err
+		}
+		// Listing the kernel's programs needs CAP_SYS_ADMIN; without it
+		// status still shows the rest.
+		if progs, err := datapath.Programs(g.pinDir); err == nil {
+			rep.Programs = programViews(progs)
 		}
 		if !skipSelfTest {
 			st, err := runSelfTest(cmd.Context())
@@ -97,6 +103,40 @@ type statusReport struct {
 	// kernel, so that even an unguarded redirect into any socket (not only
 	// sidecar proxies') is safe on this kernel.
 	AppReceiversSafe *bool `json:"app_receivers_safe,omitempty"`
+	// Programs are the sockhop programs in the kernel: the installed ones,
+	// and those still held by connections paired before an uninstall or
+	// an upgrade (absent when they cannot be listed).
+	Programs []programView `json:"programs,omitempty"`
+}
+
+type programView struct {
+	ID        uint32 `json:"id"`
+	Name      string `json:"name"`
+	Tag       string `json:"tag"`
+	Installed bool   `json:"installed"`
+}
+
+func programViews(progs []datapath.Program) []programView {
+	views := make([]programView, 0, len(progs))
+	for _, p := range progs {
+		views = append(views, programView{ID: p.ID, Name: p.Name, Tag: p.Tag, Installed: p.Installed})
+	}
+	return views
+}
+
+// heldNote says, for the error of a node where sockhop is not installed,
+// which of its programs the kernel still runs for established connections.
+func heldNote(pinDir string) string {
+	progs, err := datapath.Programs(pinDir)
+	if err != nil || len(progs) == 0 {
+		return ""
+	}
+	ids := make([]string, 0, len(progs))
+	for _, p := range progs {
+		ids = append(ids, fmt.Sprintf("%s id %d", p.Name, p.ID))
+	}
+	return fmt.Sprintf("; %d sockhop program(s) are still in the kernel (%s): connections paired before the uninstall hold them, with their maps, and keep being redirected until they close (or another sockhop process holds them)",
+		len(progs), strings.Join(ids, ", "))
 }
 
 type mapFillView struct {
@@ -222,6 +262,9 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := renderPrograms(w, rep.Programs); err != nil {
+		return err
+	}
 	c := rep.Counters
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "COUNTERS (since the datapath was first loaded)")
@@ -269,6 +312,33 @@ func renderStatus(w io.Writer, rep statusReport) error {
 		}
 	}
 	return nil
+}
+
+// renderPrograms lists the sockhop programs in the kernel when any is not
+// the installed one: after an upgrade or an uninstall, connections paired
+// before keep running the program they were paired under until they close.
+func renderPrograms(w io.Writer, progs []programView) error {
+	held := 0
+	for _, p := range progs {
+		if !p.Installed {
+			held++
+		}
+	}
+	if held == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "PROGRAMS IN THE KERNEL: %d not installed, held by connections paired before an upgrade or uninstall (they go when those close)\n", held)
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tNAME\tTAG\tRUNS FOR")
+	for _, p := range progs {
+		runs := "connections paired before an upgrade or uninstall"
+		if p.Installed {
+			runs = "new connections (installed)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", p.ID, p.Name, p.Tag, runs)
+	}
+	return tw.Flush()
 }
 
 func dash(s string) string {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/bench"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
@@ -20,17 +21,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// requireRoot skips for non-root users, except in CI, where a skipped
-// kernel test would hide that nothing was tested.
+// requireRoot: the kernel benchmarks follow the needs rule (skipped under
+// -short; without root skipped, or failed in CI).
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		tb.Fatal("the benchmark suite needs root; CI must run it as root")
-	}
-	tb.Skip("kernel benchmark: needs root to load BPF programs and create cgroups and network namespaces")
+	needs.Root(tb, "to load BPF programs and create cgroups and network namespaces")
 }
 
 // TestQuickSuite runs every case at CI size and checks that it measured

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,22 +15,22 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	"golang.org/x/sys/unix"
+
+	"github.com/sockhop/sockhop/internal/needs"
 )
 
 // testParent creates <mount>/sockhop-test-cgroup-<random> in the real cgroup2
 // hierarchy and removes it, and everything made below it, when the test ends.
 func testParent(t *testing.T) (mount, parent string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates cgroups in the host's cgroup2 hierarchy")
-	}
+	needs.Root(t, "to create cgroups in the host's cgroup2 hierarchy")
 	switch mode := cgroups.Mode(); mode {
 	case cgroups.Unified:
 		mount = unifiedMount
 	case cgroups.Hybrid:
 		mount = hybridMount
 	default:
-		t.Skipf("no cgroup v2 mount on this host (cgroups mode %d)", mode)
+		needs.Missing(t, fmt.Sprintf("no cgroup v2 mount on this host (cgroups mode %d)", mode))
 	}
 	b := make([]byte, 6)
 	if _, err := rand.Read(b); err != nil {

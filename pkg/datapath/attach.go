@@ -66,6 +66,9 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 	if id == rootCgroupID {
 		return fmt.Errorf("attach %s: this is the root cgroup, which holds every process of the host; attach a pod's or a service's cgroup", cgroupDir)
 	}
+	if err := d.refuseNested(cgroupDir, id); err != nil {
+		return err
+	}
 
 	// The pod entry goes in first: a socket the new link sees must find it.
 	var pod sockhopShPod

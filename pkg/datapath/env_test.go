@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
@@ -17,17 +18,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// requireRoot skips kernel tests for non-root users, except in CI, where a
-// skipped kernel test would hide that nothing was tested.
+// requireRoot: the kernel tests follow the needs rule (skipped under
+// -short; without root skipped, or failed in CI).
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("kernel tests need root; CI must run them as root")
-	}
-	t.Skip("kernel test: needs root to load BPF programs and create cgroups and network namespaces")
+	needs.Root(t, "to load BPF programs and create cgroups and network namespaces")
 }
 
 // streamBytes is how many bytes each stream test moves per topology and

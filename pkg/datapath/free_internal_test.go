@@ -3,11 +3,12 @@ package datapath
 import (
 	"bytes"
 	"net"
-	"os"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sockhop/sockhop/internal/needs"
 )
 
 // Uninstall frees the sockhash while receivers may hold unread redirected
@@ -17,12 +18,7 @@ import (
 // experiment on 6.18, which is why the datapath never takes a socket that
 // may hold redirected data out of the sockhash.)
 func TestFreeingTheSockhashKeepsUnreadData(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("kernel test needs root in CI")
-		}
-		t.Skip("kernel test: needs root to load BPF programs")
-	}
+	needs.Root(t, "to load BPF programs")
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

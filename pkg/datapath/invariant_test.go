@@ -154,6 +154,7 @@ func TestDetachReattachUnderTraffic(t *testing.T) {
 	p := e.pod("app", true)
 	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
 	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 200, Parallel: 4, Bytes: streamBytes() / 200, MaxWrite: 1 << 20}
+	before := e.counters()
 	c := e.startClient(p, 0, spec)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -185,7 +186,13 @@ func TestDetachReattachUnderTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustOK(t, res, spec.Conns, spec.Bytes)
-	t.Logf("%d detach/attach cycles during %d connections", toggles, spec.Conns)
+	d := diff(before, e.counters())
+	t.Logf("%d detach/attach cycles during %d connections: %v", toggles, spec.Conns, d)
+	// Without cycles, or without any paired connection, the test would
+	// have shown nothing about toggling under traffic.
+	if toggles == 0 || d.paired == 0 || d.redirBytes == 0 {
+		t.Fatalf("nothing was toggled under redirected traffic: %d cycles, %v", toggles, d)
+	}
 }
 
 // A new process (agent restart or upgrade) re-opens the pins and carries on;
@@ -194,9 +201,13 @@ func TestRestartThenUninstallUnderTraffic(t *testing.T) {
 	e := newEnv(t, datapath.Options{AppReceivers: true})
 	p := e.pod("app", true)
 	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
-	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 4, Parallel: 4, Bytes: 96 << 20, MaxWrite: 64 << 10}
+	// Long enough streams (2 GiB in all) that they still run when the
+	// uninstall comes, which is checked below.
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 4, Parallel: 4, Bytes: 256 << 20, MaxWrite: 64 << 10}
+	start := time.Now()
 	c := e.startClient(p, 0, spec)
-	time.Sleep(20 * time.Millisecond)
+	// The streams are under way, redirected, before the restart.
+	waitSent(t, e, 1)
 
 	// Restart: drop this process's handles, load again from the pins.
 	if err := e.dp.Close(); err != nil {
@@ -218,11 +229,19 @@ func TestRestartThenUninstallUnderTraffic(t *testing.T) {
 		t.Fatalf("new connections after a restart must pair: %v", d)
 	}
 
-	time.Sleep(20 * time.Millisecond)
+	// The streams have not finished when the uninstall comes: the client
+	// exits (and stays a zombie until Wait) once its last connection is done.
+	// (Counters cannot tell: a socket retired from the sockhash after
+	// back-pressure sends as plain TCP, uncounted.)
+	if !peerRunning(t, c.PID()) {
+		t.Fatal("the streams finished before the uninstall: it was not tested under traffic")
+	}
+	uninstallAt := time.Since(start)
 	if err := datapath.Uninstall(e.pinDir); err != nil {
 		t.Fatal(err)
 	}
 	res, err := c.Wait()
+	t.Logf("the streams ran %s; the uninstall came after %s", res.Elapsed, uninstallAt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +251,32 @@ func TestRestartThenUninstallUnderTraffic(t *testing.T) {
 	}
 	// Connections made after the uninstall are plain TCP and work.
 	mustOK(t, e.client(p, 0, small), 2, 1<<20)
+}
+
+// waitSent waits until paired sockets have sent at least n bytes, through
+// the redirect or TCP.
+func waitSent(t *testing.T, e *env, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c := e.counters(); c.RedirectedBytes+c.TCPBytes < n; c = e.counters() {
+		if time.Now().After(deadline) {
+			t.Fatalf("paired sockets sent fewer than %d bytes after 10s: %v", n, c)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// peerRunning reports whether a peer process that was not waited for yet
+// still runs (an exited one is a zombie until then).
+func peerRunning(t *testing.T, pid int) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+	return !strings.HasPrefix(strings.TrimSpace(rest), "Z")
 }
 
 func TestAttachIsIdempotentAndValidates(t *testing.T) {

@@ -9,6 +9,7 @@ package metrics
 import (
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,7 +44,8 @@ type Metrics struct {
 	podsAccelerated prometheus.Gauge
 	attachTotal     *prometheus.CounterVec
 	attachLatency   prometheus.Histogram
-	datapathReady   prometheus.Gauge
+	datapathReady   prometheus.GaugeFunc
+	ready           atomic.Pointer[func() bool]
 	buildInfo       *prometheus.GaugeVec
 	datapath        *datapathCollector
 }
@@ -65,16 +67,21 @@ func New(version string) *Metrics {
 			// 1 ms to ~33 s.
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
-		datapathReady: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sockhop_datapath_ready",
-			Help: "1 when the datapath is loaded and the first convergence is done; 0 when not (yet), or degraded.",
-		}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sockhop_build_info",
 			Help: "Always 1; the version label is the agent's version.",
 		}, []string{"version"}),
 		datapath: newDatapathCollector(),
 	}
+	m.datapathReady = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sockhop_datapath_ready",
+		Help: "1 while the agent is ready (/readyz): datapath loaded, node converged, pins readable; 0 when not (yet), or degraded.",
+	}, func() float64 {
+		if f := m.ready.Load(); f != nil && (*f)() {
+			return 1
+		}
+		return 0
+	})
 	// Both results exist from the start, so that rate() sees the first failure.
 	m.attachTotal.WithLabelValues(ResultSuccess)
 	m.attachTotal.WithLabelValues(ResultFailure)
@@ -123,14 +130,10 @@ func (m *Metrics) AttachCount(result string) uint64 {
 // SetPodsAccelerated sets how many pods are attached.
 func (m *Metrics) SetPodsAccelerated(n int) { m.podsAccelerated.Set(float64(n)) }
 
-// SetDatapathReady sets sockhop_datapath_ready.
-func (m *Metrics) SetDatapathReady(ready bool) {
-	if ready {
-		m.datapathReady.Set(1)
-	} else {
-		m.datapathReady.Set(0)
-	}
-}
+// SetReadiness sets what sockhop_datapath_ready reads at scrape time: the
+// agent's readiness check, so that the metric and /readyz never disagree.
+// Until it is set the metric is 0.
+func (m *Metrics) SetReadiness(ready func() bool) { m.ready.Store(&ready) }
 
 // DatapathError counts a failed datapath operation of the agent.
 func (m *Metrics) DatapathError(op string) { m.datapath.agentError(op) }

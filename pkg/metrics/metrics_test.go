@@ -37,7 +37,8 @@ func TestMetrics(t *testing.T) {
 	m.AttachFailed()
 	m.DatapathError(OpSetPodIPs)
 	m.SetPodsAccelerated(7)
-	m.SetDatapathReady(true)
+	ready := true
+	m.SetReadiness(func() bool { return ready })
 
 	want := `
 # HELP sockhop_attach_total Attach operations on pod cgroups, by result.
@@ -52,7 +53,7 @@ sockhop_build_info{version="v1.2.3"} 1
 sockhop_datapath_errors_total{op="attach"} 1
 sockhop_datapath_errors_total{op="set_pod_ips"} 1
 sockhop_datapath_errors_total{op="sockhash_update"} 3
-# HELP sockhop_datapath_ready 1 when the datapath is loaded and the first convergence is done; 0 when not (yet), or degraded.
+# HELP sockhop_datapath_ready 1 while the agent is ready (/readyz): datapath loaded, node converged, pins readable; 0 when not (yet), or degraded.
 # TYPE sockhop_datapath_ready gauge
 sockhop_datapath_ready 1
 # HELP sockhop_paired_sockets_total Sockets put into the sockhash (two per accelerated connection).
@@ -83,6 +84,17 @@ sockhop_redirected_messages_total 10
 	}
 	if got := m.AttachCount(ResultSuccess); got != 2 {
 		t.Errorf("AttachCount(success) = %d, want 2", got)
+	}
+
+	// Readiness is read at scrape time too: an agent that stops being
+	// ready says so without anyone clearing the gauge.
+	ready = false
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP sockhop_datapath_ready 1 while the agent is ready (/readyz): datapath loaded, node converged, pins readable; 0 when not (yet), or degraded.
+# TYPE sockhop_datapath_ready gauge
+sockhop_datapath_ready 0
+`), "sockhop_datapath_ready"); err != nil {
+		t.Error(err)
 	}
 
 	// Counters read at scrape time: a change shows without any call.
