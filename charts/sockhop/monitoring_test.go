@@ -233,7 +233,7 @@ func exported(t *testing.T) []*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	m.SetCounterSource(fixedCounters{})
-	m.SetDatapathReady(true)
+	m.SetReadiness(func() bool { return true })
 	m.SetPodsAccelerated(3)
 	m.Attached(20 * time.Millisecond)
 	m.AttachFailed()
