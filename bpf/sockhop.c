@@ -296,8 +296,16 @@ int sockhop_msg(struct sk_msg_md *msg)
 	 * behind, the next ones go through TCP, whose window holds the writer
 	 * back, for good: this socket then leaves the sockhash to send as
 	 * plain TCP (a sender that never pauses would not catch up anyway). */
-	if (sh_backlog_limit && sh_redir_backlog(msg) > sh_backlog_limit)
-		sh_final(msg, state, SH_TX_BACKPRESSURE, SH_STAT_TX_BACKPRESSURE, 1);
+	if (sh_backlog_limit) {
+		__u32 limit = sh_backlog_limit;
+
+		/* A stream of small writes that its receiver does not keep up
+		 * with: TCP carries it faster (it coalesces them). */
+		if (msg->size < SH_SMALL_MSG && sh_small_limit && sh_small_limit < limit)
+			limit = sh_small_limit;
+		if (sh_redir_backlog(msg) > limit)
+			sh_final(msg, state, SH_TX_BACKPRESSURE, SH_STAT_TX_BACKPRESSURE, 1);
+	}
 	return SK_PASS;
 }
 

@@ -30,6 +30,11 @@ volatile const __u8 sh_app_receivers = 0;
 /* Bytes redirected into a receiver and not yet read before the sender's
  * direction switches to TCP for good; 0 = unbounded. */
 volatile const __u32 sh_backlog_limit = 3 << 20;
+/* The bound for small messages (< SH_SMALL_MSG): a receiver that is that
+ * far behind a sender of small writes reads them more slowly redirected,
+ * one message at a time, than TCP, which coalesces them. 0 = none. */
+volatile const __u32 sh_small_limit = 256 << 10;
+#define SH_SMALL_MSG 4096
 /* 1: a direction switches to redirect only into a receiver seen reading
  * safely (the receiver guard); 0 (tests only): from its first byte. */
 volatile const __u8 sh_guard = 1;

@@ -591,10 +591,27 @@ func TestResizeUnderTraffic(t *testing.T) {
 // sockhash, so that its sends no longer run sk_msg (they are plain
 // tcp_sendmsg); every byte arrives in order.
 func TestBackpressureRetiresTheSender(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		write int
+		bound uint64 // bytes at most redirected before the trip
+	}{
+		{"64KiB-writes", 64 << 10, datapath.DefaultBacklogLimit + 64<<10},
+		// Small writes trip a lower bound: redirected one message at a
+		// time they are slower than TCP, which coalesces them.
+		{"1KiB-writes", 1 << 10, 256<<10 + 1<<10},
+	} {
+		t.Run(c.name, func(t *testing.T) { testRetire(t, c.write, c.bound) })
+	}
+}
+
+func testRetire(t *testing.T, write int, bound uint64) {
 	e := newEnv(t, datapath.Options{AppReceivers: true})
 	p := e.pod("app", true)
-	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeSink, Listen: []string{"127.0.0.1:8080"}})
-	spec := testbed.PeerSpec{Mode: testbed.ModeBulk, Target: "127.0.0.1:8080", Size: 64 << 10, Bytes: 256 << 20, CPUs: "0"}
+	// Both ends on one CPU: the sink cannot read while the sender writes,
+	// so the bound trips.
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeSink, Listen: []string{"127.0.0.1:8080"}, CPUs: "0"})
+	spec := testbed.PeerSpec{Mode: testbed.ModeBulk, Target: "127.0.0.1:8080", Size: write, Bytes: 64 << 20, CPUs: "0"}
 	// The first connection makes the pod's cgroup trusted (the sink read
 	// it with plain reads all its life): the second is redirected from its
 	// first byte, as in a running pod.
@@ -613,6 +630,11 @@ func TestBackpressureRetiresTheSender(t *testing.T) {
 	}
 	if d.retired == 0 {
 		t.Fatalf("the sender went to TCP for good but stayed in the sockhash: %v", d)
+	}
+	// The receiver may drain some while the sender writes: a few bounds'
+	// worth at most before the trip.
+	if d.redirBytes > 4*bound {
+		t.Fatalf("%d bytes redirected before the bound (%d) tripped: %v", d.redirBytes, bound, d)
 	}
 	// sk_msg counts what it passes to TCP: after retiring, the sender's
 	// sends bypass it, so it saw far less than what went through TCP.

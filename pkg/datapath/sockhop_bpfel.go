@@ -139,6 +139,7 @@ const (
 	sockhopVarShHazardBtf      = "sh_hazard_btf"
 	sockhopVarShProxyUids      = "sh_proxy_uids"
 	sockhopVarShRxBtf          = "sh_rx_btf"
+	sockhopVarShSmallLimit     = "sh_small_limit"
 	sockhopVarShStatBtf        = "sh_stat_btf"
 	sockhopVarShTxBtf          = "sh_tx_btf"
 )
@@ -216,6 +217,7 @@ type sockhopVariableSpecs struct {
 	ShHazardBtf    *ebpf.VariableSpec `ebpf:"sh_hazard_btf"`
 	ShProxyUids    *ebpf.VariableSpec `ebpf:"sh_proxy_uids"`
 	ShRxBtf        *ebpf.VariableSpec `ebpf:"sh_rx_btf"`
+	ShSmallLimit   *ebpf.VariableSpec `ebpf:"sh_small_limit"`
 	ShStatBtf      *ebpf.VariableSpec `ebpf:"sh_stat_btf"`
 	ShTxBtf        *ebpf.VariableSpec `ebpf:"sh_tx_btf"`
 }
@@ -275,6 +277,7 @@ type sockhopVariables struct {
 	ShHazardBtf    *ebpf.Variable `ebpf:"sh_hazard_btf"`
 	ShProxyUids    *ebpf.Variable `ebpf:"sh_proxy_uids"`
 	ShRxBtf        *ebpf.Variable `ebpf:"sh_rx_btf"`
+	ShSmallLimit   *ebpf.Variable `ebpf:"sh_small_limit"`
 	ShStatBtf      *ebpf.Variable `ebpf:"sh_stat_btf"`
 	ShTxBtf        *ebpf.Variable `ebpf:"sh_tx_btf"`
 }
