@@ -117,7 +117,10 @@ func plural(n int, word string) string {
 func points(rep bench.Report, kind, placement, metric string) []Point {
 	var cs []bench.CaseResult
 	for _, c := range rep.Cases {
-		if c.Kind == kind && c.Placement == placement && c.Policy == bench.PolicyDefault && c.Error == "" {
+		// The suite's own series (pingpong-*, bulk-*), not the app ↔
+		// sidecar cases of the same kind.
+		if c.Kind == kind && c.Placement == placement && c.Policy == bench.PolicyDefault && c.Error == "" &&
+			strings.HasPrefix(c.ID, kind+"-") {
 			cs = append(cs, c)
 		}
 	}
