@@ -145,8 +145,11 @@ func TestE2E(t *testing.T) {
 			// The pods have run connections read safely all their life:
 			// their containers are trusted (learnt in pinned maps, so
 			// across agent restarts and upgrades), and new connections
-			// are redirected from their first byte on all three hops.
-			wantRedirected(t, "new connections", got, res.BytesSent+res.BytesVerified, 2.5)
+			// are redirected from their first byte on all three hops,
+			// until back-pressure sends a bulk direction to TCP (these
+			// streams' small writes trip the small-message bound): at
+			// least one hop's worth.
+			wantRedirected(t, "new connections", got, res.BytesSent+res.BytesVerified, 1.0)
 		}
 	}
 
