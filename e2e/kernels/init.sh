@@ -62,9 +62,9 @@ done
 # What the tests left behind, if anything (they must clean up).
 say "@@@ leftovers"
 {
-	ls /sys/fs/bpf
-	/usr/sbin/ip netns list
-	ls -d /sys/fs/cgroup/sockhop-test-* 2>/dev/null
+	for f in /sys/fs/bpf/*; do [ -e "$f" ] && echo "pin:$f"; done
+	/usr/sbin/ip netns list | sed 's/^/netns:/'
+	for f in /sys/fs/cgroup/sockhop-test-*; do [ -e "$f" ] && echo "cgroup:$f"; done
 } >"$out" 2>&1
 say "@@@ done"
 sync

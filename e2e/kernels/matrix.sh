@@ -241,7 +241,7 @@ for spec in $kernels; do
 	k0=$SECONDS
 	if ! pkg=$(resolve "$pat"); then
 		log "no package matches $pat"
-		table+=("$(printf '%-44s %-11s %s' "$pat" "FAILED" "no such package")")
+		table+=("$(printf '%-30s %-11s no such package' "$pat" "failed")")
 		rc=1
 		continue
 	fi
@@ -269,7 +269,8 @@ for spec in $kernels; do
 	report=$(awk -f "$here/summary.awk" "$kout/results.log")
 	echo "$report" | grep -v '^@@ '
 	echo "$report" | tee "$kout/summary.txt" >/dev/null
-	eval "$(echo "$report" | sed -n 's/^@@ //p')"
+	eval "$(echo "$report" | sed -n 's/^@@ verdict=/verdict=/p')"
+	reason=$(echo "$report" | sed -n 's/^@@ reason //p')
 	wall=$((SECONDS - k0))
 	case $verdict in
 	ok) P=$((P + passed)) F=$((F + failed)) S=$((S + skipped)) ;;
@@ -283,8 +284,13 @@ for spec in $kernels; do
 		S=$((S + passed + failed + skipped))
 		;;
 	esac
-	table+=("$(printf '%-44s %-11s passed %3d  failed %3d  skipped %3d  %4ds (guest %ds)' \
-		"$kver" "$verdict" "$passed" "$failed" "$skipped" "$wall" "$guest")")
+	if [ "$verdict" = unsupported ]; then
+		table+=("$(printf '%-30s %-11s %4ds (guest %ds)  all %d tests count as skipped: doctor: %s' \
+			"$kver" "$verdict" "$wall" "$guest" "$((passed + failed + skipped))" "$reason")")
+	else
+		table+=("$(printf '%-30s %-11s %4ds (guest %ds)  passed %d, failed %d, skipped %d' \
+			"$kver" "$verdict" "$wall" "$guest" "$passed" "$failed" "$skipped")")
+	fi
 done
 
 echo

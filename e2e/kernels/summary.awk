@@ -2,6 +2,7 @@
 # `sockhop doctor` and of each test binary run with -test.v) and prints a
 # report for one kernel, ending in a line the driver reads:
 #   @@ verdict=<ok|failed|unsupported|incomplete> passed=N failed=N skipped=N
+# preceded, for an unsupported kernel, by "@@ reason <doctor's failures>".
 # Counts are of top-level tests; failed and skipped subtests are listed too.
 # A binary that exits non-zero without a failed test (a panic, a timeout)
 # counts as one failure. When doctor fails, the datapath cannot run on this
@@ -33,17 +34,16 @@ sec == "modules" { modules = modules "\n    " $0; next }
 sec == "leftovers" { if (trim($0) != "") leftovers = leftovers " " trim($0); next }
 
 sec == "doctor" {
-	doctor_out = doctor_out "\n    " $0
+	# "fail  check  detail", then an indented "hint: ..." that may wrap.
 	if ($1 == "fail") {
-		line = $0; sub(/^fail +/, "", line)
+		line = $0; sub(/^fail +/, "", line); sub(/  +/, ": ", line)
 		doctor_fail = doctor_fail (doctor_fail == "" ? "" : "; ") trim(line)
-		want_hint = 1
-	} else if (want_hint && $1 ~ /^hint:/) {
-		h = $0; sub(/^ *hint: */, "", h)
-		doctor_fail = doctor_fail " (" trim(h) ")"
-		want_hint = 0
-	} else if ($1 != "") {
-		want_hint = 0
+		in_hint = 1
+	} else if (in_hint && $0 ~ /^ /) {
+		h = trim($0); sub(/^hint: */, "", h)
+		doctor_fail = doctor_fail ($1 ~ /^hint:/ ? " — " : " ") h
+	} else {
+		in_hint = 0
 	}
 	next
 }
@@ -106,5 +106,6 @@ END {
 	else if (verdict == "ok" && F > 0) verdict = "failed"
 	if (verdict == "unsupported" && F > 0)
 		printf "  (%d failure(s) not counted: doctor says the datapath cannot run on this kernel)\n", F
+	if (verdict == "unsupported") printf "@@ reason %s\n", doctor_fail
 	printf "@@ verdict=%s passed=%d failed=%d skipped=%d\n", verdict, P, F, S
 }
