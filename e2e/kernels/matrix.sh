@@ -28,6 +28,8 @@
 #   SOCKHOP_KERNEL_ACCEL     auto (KVM where the CPU has vmx/svm), kvm or tcg
 #   SOCKHOP_KERNEL_MEM       guest memory in MiB (default 2048)
 #   SOCKHOP_KERNEL_SMP       guest CPUs (default 2)
+#   SOCKHOP_KERNEL_VERBOSE   1: stream the guest's whole test output (default:
+#                            one line per test result)
 #   SOCKHOP_QEMU_LOCK        lock file: one guest at a time on this machine
 #                            (default /tmp/sockhop-qemu.lock)
 #
@@ -72,6 +74,17 @@ die() { log "$*"; exit 2; }
 
 # --- build the binaries once, from the working tree -------------------------
 work=$(mktemp -d /tmp/sockhop-matrix.XXXXXX)
+qpid=""
+# The guest runs in the background (for the progress lines), where SIGINT
+# does not reach it: stop it ourselves, through timeout, which passes the
+# signal to qemu.
+stop_guest() {
+	[ -n "$qpid" ] || return 0
+	[ -s "$work/started" ] && kill -TERM "$(cut -d' ' -f2 "$work/started")" 2>/dev/null
+	kill -TERM "$qpid" 2>/dev/null
+	wait "$qpid" 2>/dev/null
+}
+trap 'stop_guest; exit 130' INT TERM
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out" "$cache"
 payload=$work/payload
@@ -153,12 +166,12 @@ copy_bin() {
 	done
 }
 
-# base_initramfs DIR: busybox, the tools, the modules; rebuilt when this
-# script changes. Prints the cpio.gz path.
+# base_initramfs DIR: busybox, the tools, the modules; rebuilt when what
+# makes it changes. Prints the cpio.gz path.
 base_initramfs() {
 	local dir=$1 kver stamp
 	kver=$(cat "$dir/kver")
-	stamp=$(sha256sum "$here/matrix.sh" | cut -c1-16)
+	stamp=$({ declare -f base_initramfs copy_bin; echo "${modules[*]} ${tools[*]}"; } | sha256sum | cut -c1-16)
 	local img=$dir/base-$stamp.cpio.gz
 	if [ ! -e "$img" ]; then
 		rm -f "$dir"/base-*.cpio.gz
@@ -255,15 +268,29 @@ for spec in $kernels; do
 	prep=$((SECONDS - k0))
 	read -r -a acc <<<"$(accel_args)"
 	log "$pkg: booting $kver (${acc[*]}, timeout ${ktimeout}s; prepared in ${prep}s); logs in $kout"
-	g0=$SECONDS
 	qrc=0
-	# One guest at a time on this machine; the timeout starts once we hold the lock.
-	flock "$lock" timeout -k 10 "$ktimeout" qemu-system-x86_64 "${acc[@]}" -m "$mem" -smp "$smp" \
+	rm -f "$work/started"
+	: >"$kout/results.log"
+	# One guest at a time on this machine; the timeout starts once we hold
+	# the lock, and so does the guest's time.
+	# "started" holds when that was and the pid of timeout (the sh execs it).
+	flock "$lock" sh -c 'echo "$(date +%s) $$" >"$1"; shift; exec "$@"' sh "$work/started" \
+		timeout -k 10 "$ktimeout" qemu-system-x86_64 "${acc[@]}" -m "$mem" -smp "$smp" \
 		-kernel "$dir"/root/boot/vmlinuz-"$kver" -initrd "$work/initrd" \
 		-append "console=ttyS0 panic=-1 quiet" \
 		-nographic -no-reboot -nic none -monitor none \
-		-serial "file:$kout/console.log" -serial "file:$kout/results.log" </dev/null || qrc=$?
-	guest=$((SECONDS - g0))
+		-serial "file:$kout/console.log" -serial "file:$kout/results.log" </dev/null &
+	qpid=$!
+	# Progress while it runs: each test's result (everything with VERBOSE=1).
+	filter='^(@@@|--- )'
+	[ "${SOCKHOP_KERNEL_VERBOSE:-0}" = 1 ] && filter=.
+	tail -n +1 -F --pid="$qpid" "$kout/results.log" 2>/dev/null | sed -u 's/\r$//' |
+		grep --line-buffered -E "$filter" | sed -u "s/^/  [$kver] /" >&2 &
+	tpid=$!
+	wait "$qpid" || qrc=$?
+	wait "$tpid" || true
+	qpid=""
+	guest=$(($(date +%s) - $(cut -d' ' -f1 "$work/started" 2>/dev/null || date +%s)))
 	[ $qrc -eq 124 ] && log "$pkg: timed out after ${ktimeout}s"
 	echo "== $pkg ($kver), ${acc[1]}: ${guest}s in the guest, ${prep}s to prepare"
 	report=$(awk -f "$here/summary.awk" "$kout/results.log")
