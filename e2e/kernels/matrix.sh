@@ -21,6 +21,7 @@
 #                            (default: ./pkg/datapath ./cmd/sockhop)
 #   SOCKHOP_KERNEL_TEST_RUN  -test.run for every test binary (default: all)
 #   SOCKHOP_KERNEL_TEST_TIMEOUT  -test.timeout per binary (default 40m)
+#   SOCKHOP_KERNEL_TEST_COUNT    -test.count (default 1; more to hunt flakes)
 #   SOCKHOP_KERNEL_TEST_ENV  extra VAR=value words for the tests in the guest
 #                            (SOCKHOP_TEST_MIB is passed on when set)
 #   SOCKHOP_KERNEL_CACHE     package cache (default /var/cache/sockhop/kernels)
@@ -28,6 +29,10 @@
 #   SOCKHOP_KERNEL_ACCEL     auto (KVM where the CPU has vmx/svm), kvm or tcg
 #   SOCKHOP_KERNEL_MEM       guest memory in MiB (default 2048)
 #   SOCKHOP_KERNEL_SMP       guest CPUs (default 2)
+#   SOCKHOP_KERNEL_TCG_THREAD  single (default) or multi: multi-threaded TCG
+#                            runs the guest's CPUs on host threads in parallel,
+#                            but a static key flipped by a sockops attach has
+#                            crashed 6.12 there ("Oops: int3" in tcp_connect)
 #   SOCKHOP_KERNEL_VERBOSE   1: stream the guest's whole test output (default:
 #                            one line per test result)
 #   SOCKHOP_QEMU_LOCK        lock file: one guest at a time on this machine
@@ -54,6 +59,7 @@ accel=${SOCKHOP_KERNEL_ACCEL:-auto}
 mem=${SOCKHOP_KERNEL_MEM:-2048}
 smp=${SOCKHOP_KERNEL_SMP:-2}
 lock=${SOCKHOP_QEMU_LOCK:-/tmp/sockhop-qemu.lock}
+tcg_thread=${SOCKHOP_KERNEL_TCG_THREAD:-single}
 
 # Modules the tests use (veth pairs, iptables REDIRECT with the owner match,
 # ss's socket diagnostics, kTLS for the hazard checks), with what they need.
@@ -104,6 +110,7 @@ cat >"$payload/sockhop/matrix.env" <<EOF
 MATRIX_MODULES="${modules[*]}"
 MATRIX_TESTS="${tests# }"
 MATRIX_TEST_TIMEOUT="$test_timeout"
+MATRIX_TEST_COUNT="${SOCKHOP_KERNEL_TEST_COUNT:-1}"
 MATRIX_TEST_RUN="${SOCKHOP_KERNEL_TEST_RUN:-}"
 MATRIX_TEST_ENV="$test_env"
 EOF
@@ -228,14 +235,14 @@ base_initramfs() {
 accel_args() {
 	case $accel in
 	kvm) echo "-accel kvm -cpu host" ;;
-	tcg) echo "-accel tcg -cpu max" ;;
+	tcg) echo "-accel tcg,thread=$tcg_thread -cpu max" ;;
 	auto)
 		# /dev/kvm alone is not enough: on a VM without vmx/svm it is a
 		# software hypervisor that cannot run this guest.
 		if grep -Eqw 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then
 			echo "-accel kvm -cpu host"
 		else
-			echo "-accel tcg -cpu max"
+			echo "-accel tcg,thread=$tcg_thread -cpu max"
 		fi
 		;;
 	*) die "SOCKHOP_KERNEL_ACCEL=$accel: want auto, kvm or tcg" ;;
