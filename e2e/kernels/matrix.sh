@@ -27,7 +27,8 @@
 #   SOCKHOP_KERNEL_CACHE     package cache (default /var/cache/sockhop/kernels)
 #   SOCKHOP_KERNEL_OUT       logs of this run (default _output/kernels)
 #   SOCKHOP_KERNEL_ACCEL     auto (KVM where the CPU has vmx/svm), kvm or tcg
-#   SOCKHOP_KERNEL_MEM       guest memory in MiB (default 2048)
+#   SOCKHOP_KERNEL_MEM       guest memory in MiB (default 4096: TestScale's
+#                            10 000 connections need more than 2 GiB)
 #   SOCKHOP_KERNEL_SMP       guest CPUs (default 2)
 #   SOCKHOP_KERNEL_TCG_THREAD  single (default) or multi: multi-threaded TCG
 #                            runs the guest's CPUs on host threads in parallel,
@@ -56,7 +57,7 @@ test_env=${SOCKHOP_KERNEL_TEST_ENV:-}
 cache=${SOCKHOP_KERNEL_CACHE:-/var/cache/sockhop/kernels}
 out=${SOCKHOP_KERNEL_OUT:-$repo/_output/kernels}
 accel=${SOCKHOP_KERNEL_ACCEL:-auto}
-mem=${SOCKHOP_KERNEL_MEM:-2048}
+mem=${SOCKHOP_KERNEL_MEM:-4096}
 smp=${SOCKHOP_KERNEL_SMP:-2}
 lock=${SOCKHOP_QEMU_LOCK:-/tmp/sockhop-qemu.lock}
 tcg_thread=${SOCKHOP_KERNEL_TCG_THREAD:-single}
