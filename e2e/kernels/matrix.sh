@@ -27,8 +27,8 @@
 #   SOCKHOP_KERNEL_CACHE     package cache (default /var/cache/sockhop/kernels)
 #   SOCKHOP_KERNEL_OUT       logs of this run (default _output/kernels)
 #   SOCKHOP_KERNEL_ACCEL     auto (KVM where the CPU has vmx/svm), kvm or tcg
-#   SOCKHOP_KERNEL_MEM       guest memory in MiB (default 4096: TestScale's
-#                            10 000 connections need more than 2 GiB)
+#   SOCKHOP_KERNEL_MEM       guest memory in MiB (default 8192: TestScale's
+#                            10 000 connections were OOM-killed in 2 and 4 GiB)
 #   SOCKHOP_KERNEL_SMP       guest CPUs (default 2)
 #   SOCKHOP_KERNEL_TCG_THREAD  single (default) or multi: multi-threaded TCG
 #                            runs the guest's CPUs on host threads in parallel,
@@ -57,7 +57,7 @@ test_env=${SOCKHOP_KERNEL_TEST_ENV:-}
 cache=${SOCKHOP_KERNEL_CACHE:-/var/cache/sockhop/kernels}
 out=${SOCKHOP_KERNEL_OUT:-$repo/_output/kernels}
 accel=${SOCKHOP_KERNEL_ACCEL:-auto}
-mem=${SOCKHOP_KERNEL_MEM:-4096}
+mem=${SOCKHOP_KERNEL_MEM:-8192}
 smp=${SOCKHOP_KERNEL_SMP:-2}
 lock=${SOCKHOP_QEMU_LOCK:-/tmp/sockhop-qemu.lock}
 tcg_thread=${SOCKHOP_KERNEL_TCG_THREAD:-single}
@@ -304,6 +304,11 @@ for spec in $kernels; do
 	report=$(awk -f "$here/summary.awk" "$kout/results.log")
 	echo "$report" | grep -v '^@@ '
 	echo "$report" | tee "$kout/summary.txt" >/dev/null
+	# What the guest's kernel complained about (OOM kills, oopses, warnings).
+	if grep -aqE 'Out of memory|Oops|BUG:|WARNING:|Kernel panic' "$kout/console.log"; then
+		echo "  the guest's kernel said (console.log):"
+		grep -aE 'Out of memory|Oops|BUG:|WARNING:|Kernel panic' "$kout/console.log" | head -n 5 | cut -c1-200 | sed -E 's/^.*(\[ *[0-9]+\.[0-9]+\])/    \1/'
+	fi
 	eval "$(echo "$report" | sed -n 's/^@@ verdict=/verdict=/p')"
 	reason=$(echo "$report" | sed -n 's/^@@ reason //p')
 	wall=$((SECONDS - k0))
