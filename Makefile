@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell hack/version.sh)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo clean
+.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo test-kernels clean
 
 all: build
 
@@ -54,6 +54,11 @@ bench: deps
 ## demo: local single-node cluster + Helm install + a mesh workload measured before/after opting in
 demo: deps
 	e2e/demo.sh
+
+## test-kernels: boot Debian's 6.1 and 6.12 LTS kernels under qemu and run doctor and the
+## kernel tests in each (SOCKHOP_KERNELS and the other knobs: e2e/kernels/matrix.sh)
+test-kernels:
+	e2e/kernels/matrix.sh
 
 ## images: the agent and mesh-workload images, built without a Docker engine (OCI archives)
 images:

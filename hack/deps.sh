@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages sockhop's build and tests need, once. Retries:
 # on a fresh machine the first install has failed on missing archives before.
+# With arguments, installs those packages instead, without their recommends
+# (e2e/kernels/matrix.sh).
 set -euo pipefail
 
 pkgs=(clang llvm libbpf-dev iproute2 iptables util-linux)
@@ -34,6 +36,11 @@ install() {
 	return 1
 }
 
+if [ $# -gt 0 ]; then
+	mapfile -t need < <(missing "$@")
+	install --no-install-recommends -- "${need[@]}"
+	exit
+fi
 mapfile -t need < <(missing "${pkgs[@]}")
 install -- "${need[@]}"
 mapfile -t need < <(missing "${norecommends[@]}")

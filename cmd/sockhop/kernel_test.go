@@ -224,16 +224,17 @@ func TestStatusSelfTest(t *testing.T) {
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	pinDir := "/sys/fs/bpf/sockhop-test-" + hex.EncodeToString(rnd[:])
-	dp, err := datapath.Load(datapath.Options{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dp.Close()
+	// Before Load: a load that fails may leave its pin directory.
 	t.Cleanup(func() {
 		if err := datapath.Uninstall(pinDir); err != nil {
 			t.Error(err)
 		}
 	})
+	dp, err := datapath.Load(datapath.Options{PinDir: pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
 	out, errOut, code := cli(t, "--bpffs-dir", pinDir, "status", "-o", "json")
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, errOut)

@@ -1,0 +1,111 @@
+# Reads one guest's result log (the markers init.sh writes, the output of
+# `sockhop doctor` and of each test binary run with -test.v) and prints a
+# report for one kernel, ending in a line the driver reads:
+#   @@ verdict=<ok|failed|unsupported|incomplete> passed=N failed=N skipped=N
+# preceded, for an unsupported kernel, by "@@ reason <doctor's failures>".
+# Counts are of top-level tests; failed and skipped subtests are listed too.
+# A binary that exits non-zero without a failed test (a panic, a timeout)
+# counts as one failure. When doctor fails, the datapath cannot run on this
+# kernel: the verdict is "unsupported" with doctor's reasons, and the tests'
+# failures are listed but not counted (the driver counts the kernel as skipped).
+
+function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s); return s }
+
+BEGIN { sec = ""; done = 0; doctor_rc = -1; ntests = 0 }
+
+{ sub(/\r$/, "") }
+
+/^@@@ kernel / { kernel = $3; next }
+/^@@@ doctor$/ { sec = "doctor"; next }
+/^@@@ exit doctor / { doctor_rc = $4 + 0; sec = ""; next }
+/^@@@ test / {
+	sec = "test"; pkg = $3; cur = ""
+	order[++ntests] = pkg
+	npass[pkg] = nfail[pkg] = nskip[pkg] = 0
+	next
+}
+/^@@@ exit test / {
+	rc[$4] = $5 + 0; dur[$4] = $6; sec = ""; next
+}
+/^@@@ done$/ { done = 1; sec = ""; next }
+/^@@@ / { sec = $2; next }
+
+sec == "modules" { modules = modules "\n    " $0; next }
+sec == "leftovers" { if (trim($0) != "") leftovers = leftovers " " trim($0); next }
+
+sec == "doctor" {
+	# "fail  check  detail", then an indented "hint: ..." that may wrap.
+	if ($1 == "fail") {
+		line = $0; sub(/^fail +/, "", line); sub(/  +/, ": ", line)
+		doctor_fail = doctor_fail (doctor_fail == "" ? "" : "; ") trim(line)
+		in_hint = 1
+	} else if (in_hint && $0 ~ /^ /) {
+		h = trim($0); sub(/^hint: */, "", h)
+		doctor_fail = doctor_fail ($1 ~ /^hint:/ ? " — " : " ") h
+	} else {
+		in_hint = 0
+	}
+	next
+}
+
+sec == "test" {
+	if (match($0, /^ *=== (RUN|CONT|NAME|PAUSE) +/)) {
+		cur = trim(substr($0, RLENGTH + 1))
+		next
+	}
+	if (match($0, /^ *--- (PASS|FAIL|SKIP): /)) {
+		lead = $0; sub(/[^ ].*/, "", lead)
+		res = $0; sub(/^ *--- /, "", res); sub(/:.*/, "", res)
+		name = substr($0, RLENGTH + 1); sub(/ \([0-9.]+s\)$/, "", name)
+		top = (length(lead) == 0)
+		if (res == "PASS") { if (top) npass[pkg]++ }
+		else if (res == "FAIL") {
+			if (top) nfail[pkg]++
+			fails[pkg] = fails[pkg] "\n    FAIL " name (name in lastlog ? ": " lastlog[name] : "")
+		} else {
+			if (top) nskip[pkg]++
+			skips[pkg] = skips[pkg] "\n    SKIP " name ": " (name in lastlog ? lastlog[name] : "(no reason given)")
+		}
+		next
+	}
+	if ($0 ~ /^panic: / || $0 ~ /^FAIL$/ || $0 ~ /test timed out/) {
+		if (!(pkg in crash)) crash[pkg] = trim($0)
+	}
+	# A test's log line: "    file_test.go:NN: message". The last one before
+	# its --- SKIP line is t.Skip's reason.
+	if (cur != "" && match($0, /^ +[A-Za-z0-9_]+\.go:[0-9]+: /)) lastlog[cur] = trim($0)
+	next
+}
+
+END {
+	verdict = "ok"
+	P = F = S = 0
+	printf "  doctor: %s\n", doctor_rc == 0 ? "ok (sockhop can accelerate)" : doctor_rc < 0 ? "did not run" : "FAIL: " doctor_fail
+	if (doctor_rc > 0) verdict = "unsupported"
+	if (modules != "") printf "  modules that did not load:%s\n", modules
+	for (i = 1; i <= ntests; i++) {
+		p = order[i]
+		extra = ""
+		if (!(p in rc)) { extra = " — did not finish"; nfail[p]++ }
+		else if (rc[p] != 0 && nfail[p] == 0) {
+			extra = " — exited " rc[p] " without a failed test" (p in crash ? " (" crash[p] ")" : "")
+			nfail[p]++
+		}
+		printf "  %-14s passed %3d  failed %3d  skipped %3d  (%s)%s\n", p, npass[p], nfail[p], nskip[p],
+			(p in dur ? dur[p] : "?"), extra
+		if (fails[p] != "") print substr(fails[p], 2)
+		if (skips[p] != "") print substr(skips[p], 2)
+		P += npass[p]; F += nfail[p]; S += nskip[p]
+	}
+	if (leftovers != "") printf "  WARNING: left behind in the guest:%s\n", leftovers
+	if (!done) {
+		verdict = "incomplete"
+		if (F == 0) F = 1
+		print "  the guest did not finish (timeout, panic or crash: see the console log)"
+	}
+	else if (verdict == "ok" && F > 0) verdict = "failed"
+	if (verdict == "unsupported" && F > 0)
+		printf "  (%d failure(s) not counted: doctor says the datapath cannot run on this kernel)\n", F
+	if (verdict == "unsupported") printf "@@ reason %s\n", doctor_fail
+	printf "@@ verdict=%s passed=%d failed=%d skipped=%d\n", verdict, P, F, S
+}
