@@ -125,7 +125,10 @@ func (b *Bed) Start(spec PeerSpec) (*Peer, error) {
 	}
 	args = append(args, exe)
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), PeerEnv+"="+string(js))
+	// No asynchronous preemption in peers: its SIGURG interrupts a
+	// blocking recv(MSG_WAITALL), which then returns short on any socket,
+	// accelerated or not (a signal is one of the documented reasons).
+	cmd.Env = append(os.Environ(), PeerEnv+"="+string(js), "GODEBUG=asyncpreemptoff=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if spec.Cgroup != "" {
 		fd, err := cgroupFD(spec.Cgroup)
