@@ -611,10 +611,11 @@ func TestBackpressureRetiresTheSender(t *testing.T) {
 func testRetire(t *testing.T, write int, bound uint64) {
 	e := newEnv(t, datapath.Options{AppReceivers: true})
 	p := e.pod("app", true)
-	// Both ends on one CPU: the sink cannot read while the sender writes,
-	// so the bound trips.
-	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeSink, Listen: []string{"127.0.0.1:8080"}, CPUs: "0"})
-	spec := testbed.PeerSpec{Mode: testbed.ModeBulk, Target: "127.0.0.1:8080", Size: write, Bytes: 64 << 20, CPUs: "0"}
+	// A sink slower than any sender (64 KiB a millisecond at most), on any
+	// CPU, so that the bound trips; the first connection, read with plain
+	// reads all its life, makes the pod's cgroup trusted.
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeSlowSink, Listen: []string{"127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeBulk, Target: "127.0.0.1:8080", Size: write, Bytes: 16 << 20}
 	// The first connection makes the pod's cgroup trusted (the sink read
 	// it with plain reads all its life): the second is redirected from its
 	// first byte, as in a running pod.

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,9 +28,30 @@ const heldConnsMarker = "sockhop-conns-held "
 // closes each at once, without sending.
 const ModeConnectClose = "connect-close"
 
+// ModeSlowSink is a server that reads 64 KiB at a time with a millisecond's
+// pause after each read (at most ~64 MB/s, whatever the CPU), until EOF,
+// then replies with the byte count as ModeSink does: a receiver any sender
+// outruns.
+const ModeSlowSink = "slow-sink"
+
 func init() {
 	ClientModes[ModeConnHold] = connHold
 	ClientModes[ModeConnectClose] = connectClose
+	ServerModes[ModeSlowSink] = slowSink
+}
+
+func slowSink(_ PeerSpec, c *net.TCPConn) {
+	buf := make([]byte, 64<<10)
+	var n int64
+	for {
+		got, err := c.Read(buf)
+		n += int64(got)
+		if err != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	binary.Write(c, binary.LittleEndian, n)
 }
 
 func connectClose(spec PeerSpec) (Result, error) {
