@@ -116,8 +116,9 @@ func (o Options) withDefaults() (Options, error) {
 // Datapath is a loaded sockhop datapath. Its maps and links are pinned and
 // outlive the process: Close releases this process's handles only.
 type Datapath struct {
-	opts Options
-	objs sockhopObjects
+	opts  Options
+	objs  sockhopObjects
+	abort *aborter // loaded by the first AbortStranded
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the
@@ -441,7 +442,9 @@ func SweepRetired(pinDir string) (int, error) {
 // Close releases this process's handles. Pins, links and the sockets in
 // the sockhash stay: connections keep being accelerated.
 func (d *Datapath) Close() error {
-	return d.objs.Close()
+	err := d.abort.Close()
+	d.abort = nil
+	return errors.Join(err, d.objs.Close())
 }
 
 // Uninstall removes every link and pin under pinDir. New connections are no
