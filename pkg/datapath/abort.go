@@ -197,6 +197,8 @@ func (d *Datapath) AbortStranded(netnsPath string) ([]Strand, error) {
 	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
 		return nil, fmt.Errorf("stat network namespace %s: %w", netnsPath, err)
 	}
+	d.abortMu.Lock()
+	defer d.abortMu.Unlock()
 	if d.abort == nil {
 		d.abort, err = loadAborter(map[string]*ebpf.Map{
 			abortMapSockhopStrand: d.objs.SockhopStrand,
@@ -327,4 +329,16 @@ func (d *Datapath) aborts() uint64 {
 		return 0
 	}
 	return n
+}
+
+// ForgetStranded drops the record of a stranded receiver without aborting
+// it (its network namespace cannot be found: its pod is gone).
+func (d *Datapath) ForgetStranded(s Strand) error {
+	if d.objs.SockhopStrand == nil {
+		return nil
+	}
+	if err := d.objs.SockhopStrand.Delete(s.Socket); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("forget stranded receiver: %w", err)
+	}
+	return nil
 }

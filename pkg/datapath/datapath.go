@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -116,9 +117,11 @@ func (o Options) withDefaults() (Options, error) {
 // Datapath is a loaded sockhop datapath. Its maps and links are pinned and
 // outlive the process: Close releases this process's handles only.
 type Datapath struct {
-	opts  Options
-	objs  sockhopObjects
-	abort *aborter // loaded by the first AbortStranded
+	opts Options
+	objs sockhopObjects
+	// abort is the abort iterator, loaded by the first AbortStranded.
+	abortMu sync.Mutex
+	abort   *aborter
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the
@@ -442,8 +445,10 @@ func SweepRetired(pinDir string) (int, error) {
 // Close releases this process's handles. Pins, links and the sockets in
 // the sockhash stay: connections keep being accelerated.
 func (d *Datapath) Close() error {
+	d.abortMu.Lock()
 	err := d.abort.Close()
 	d.abort = nil
+	d.abortMu.Unlock()
 	return errors.Join(err, d.objs.Close())
 }
 
