@@ -32,6 +32,7 @@ import (
 //	receiver-guard  redirect every direction from its first byte
 //	backpressure    Options.BacklogLimit = -1 (unbounded)
 //	both            both of them
+//	abort           do not abort stranded receivers (TestHazardStrandedAbort)
 
 const (
 	appUID      = 1000
@@ -54,8 +55,10 @@ func hazardOptions(t testing.TB) datapath.Options {
 	case "both":
 		opts.BacklogLimit = -1
 		opts.Unguarded = true
+	case "abort":
+		return opts // TestHazardStrandedAbort's
 	default:
-		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-class, backpressure or both", g)
+		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-guard, backpressure, both or abort", g)
 	}
 	t.Logf("GUARD DROPPED (%s) — this test is expected to fail", os.Getenv("SOCKHOP_HAZARD_DROP_GUARD"))
 	return opts
