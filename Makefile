@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell hack/version.sh)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps generate check-generate build test test-go test-unit bench bench-sockperf lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo test-kernels clean
+.PHONY: all deps generate check-generate build test test-go test-unit bench bench-sockperf bench-http lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo test-kernels clean
 
 all: build
 
@@ -57,6 +57,12 @@ ROUNDS ?= 5
 bench-sockperf: deps build
 	hack/deps.sh sockperf
 	hack/bench-sockperf.sh $(ROUNDS)
+
+## bench-http: HTTP through a real proxy sidecar, third-party parts only: wrk -> HAProxy
+## (uid 1337) -> HAProxy as the app, one CPU, plain TCP and default options alternately
+bench-http: deps build
+	hack/deps.sh haproxy wrk
+	hack/bench-http.sh $(ROUNDS)
 
 ## demo: local single-node cluster + Helm install + a mesh workload measured before/after opting in
 demo: deps
