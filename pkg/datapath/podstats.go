@@ -3,6 +3,9 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -119,4 +122,96 @@ func (d *Datapath) ensurePodStats() error {
 		}
 	}
 	return nil
+}
+
+// What each reason means in words.
+var (
+	onTCPWords = map[string]string{
+		ReasonBackpressure: "back-pressure",
+		ReasonUnsafeRx:     "receiver guard",
+		ReasonNoPeer:       "peer left",
+	}
+	unpairedWords = map[string]string{
+		ReasonNoPeer:     "no peer end",
+		ReasonRemote:     "peer not in an accelerated pod of this node",
+		ReasonExcluded:   "excluded port",
+		ReasonHazard:     "container seen splicing or waiting for all",
+		ReasonPolicy:     "receiver policy",
+		ReasonDataFlowed: "data before the handshake ended",
+		ReasonMapFull:    "maps full",
+	}
+)
+
+// String says the counters in words, e.g. "12 connections paired, 20 of 24
+// directions redirected; on TCP for good: 2 back-pressure, 2 receiver
+// guard; 14 sockets not paired: 14 peer not in an accelerated pod of this
+// node". Reasons are listed largest first.
+func (s PodStats) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d connection%s paired, %d of %d directions redirected", s.Connections, plural(s.Connections), s.Redirected, s.Directions)
+	if part := countsInWords(s.OnTCP, onTCPWords); part != "" {
+		b.WriteString("; on TCP for good: " + part)
+	}
+	if s.Poisoned > 0 {
+		fmt.Fprintf(&b, "; %d kept on redirect for a receiver that started splicing (docs/hazards.md)", s.Poisoned)
+	}
+	var unpaired uint64
+	for _, n := range s.Unpaired {
+		unpaired += n
+	}
+	if unpaired > 0 {
+		fmt.Fprintf(&b, "; %d socket%s not paired: %s", unpaired, plural(unpaired), countsInWords(s.Unpaired, unpairedWords))
+	}
+	return b.String()
+}
+
+// Reasons are the reasons with a non-zero count, as "on_tcp/<reason>",
+// "unpaired/<reason>" and "poisoned".
+func (s PodStats) Reasons() map[string]bool {
+	out := map[string]bool{}
+	for k, v := range s.OnTCP {
+		if v != 0 {
+			out["on_tcp/"+k] = true
+		}
+	}
+	for k, v := range s.Unpaired {
+		if v != 0 {
+			out["unpaired/"+k] = true
+		}
+	}
+	if s.Poisoned != 0 {
+		out["poisoned"] = true
+	}
+	return out
+}
+
+// countsInWords lists the non-zero counts, largest first.
+func countsInWords(counts map[string]uint64, words map[string]string) string {
+	keys := slices.Collect(maps.Keys(counts))
+	keys = slices.DeleteFunc(keys, func(k string) bool { return counts[k] == 0 })
+	slices.SortFunc(keys, func(a, b string) int {
+		if counts[a] != counts[b] {
+			if counts[a] > counts[b] {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		w, ok := words[k]
+		if !ok {
+			w = k
+		}
+		parts = append(parts, fmt.Sprintf("%d %s", counts[k], w))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func plural(n uint64) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }
