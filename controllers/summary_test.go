@@ -42,7 +42,7 @@ func TestSummaryWords(t *testing.T) {
 		{
 			datapath.PodStats{Unpaired: map[string]uint64{datapath.ReasonNoPeer: 10, datapath.ReasonExcluded: 4}},
 			ReasonNotAccelerating,
-			"attached, but no direction was redirected yet: 0 connections paired, 0 of 0 directions redirected; 14 sockets not paired: 10 no peer end, 4 excluded port",
+			"attached, but no direction was redirected yet: no connection paired; 14 sockets not paired: 10 no peer end, 4 excluded port",
 		},
 		{
 			datapath.PodStats{Connections: 1, Directions: 2, OnTCP: map[string]uint64{datapath.ReasonUnsafeRx: 2}},

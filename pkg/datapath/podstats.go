@@ -148,7 +148,11 @@ var (
 // node". Reasons are listed largest first.
 func (s PodStats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d connection%s paired, %d of %d directions redirected", s.Connections, plural(s.Connections), s.Redirected, s.Directions)
+	if s.Directions == 0 {
+		b.WriteString("no connection paired")
+	} else {
+		fmt.Fprintf(&b, "%d connection%s paired, %d of %d directions redirected", s.Connections, plural(s.Connections), s.Redirected, s.Directions)
+	}
 	if part := countsInWords(s.OnTCP, onTCPWords); part != "" {
 		b.WriteString("; on TCP for good: " + part)
 	}
