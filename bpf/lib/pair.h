@@ -292,7 +292,8 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 		bpf_map_delete_elem(&sockhop_socks, &client);
 		sh_count(SH_STAT_SKIP_AMBIGUOUS, 1);
 		sh_pod_count(pod, SH_PODST_SKIP_NO_PEER);
-		if (!(flags & SH_CONN_AMBIGUOUS))
+		/* A client whose first server joined counted as a direction. */
+		if (!(flags & SH_CONN_PAIRED))
 			sh_pod_count(client_pod, SH_PODST_SKIP_NO_PEER);
 		return;
 	}
