@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -235,4 +236,27 @@ func TestPodSummaryEventInTheAPI(t *testing.T) {
 	if last.reason != ReasonAccelerating || !strings.Contains(last.note, "since attach: 5 connections paired, ") {
 		t.Fatalf("want a second summary with 5 connections: %+v", last)
 	}
+	// Why the repeat interval is what it is: sent within 12 minutes of
+	// the first, the second summary only bumps the first one's series in
+	// the API, its note lost.
+	eventually(t, 15*time.Second, func() (bool, string) {
+		var list eventsv1.EventList
+		if err := a.node.client.List(context.Background(), &list, client.InNamespace(web.Namespace)); err != nil {
+			return false, err.Error()
+		}
+		var seen []string
+		for _, e := range list.Items {
+			if e.Regarding.UID != web.UID || e.Reason != ReasonAccelerating {
+				continue
+			}
+			if strings.Contains(e.Note, "5 connections") {
+				t.Fatalf("the events recorder no longer folds a repeat into a series: the repeat interval can be shorter (%q)", e.Note)
+			}
+			if e.Series != nil && e.Series.Count >= 2 && strings.Contains(e.Note, "2 connections") {
+				return true, ""
+			}
+			seen = append(seen, fmt.Sprintf("%s (series %+v)", e.Note, e.Series))
+		}
+		return false, fmt.Sprintf("no Accelerating event with a series of 2: %q", seen)
+	})
 }
