@@ -181,3 +181,35 @@ func TestPodStats(t *testing.T) {
 		t.Fatalf("a re-attached pod starts with counters %v, want zero", d)
 	}
 }
+
+// A pod's counters outlive a replacement of the maps (here a new capacity,
+// as an upgrade that changes a map layout does): they are carried over, and
+// new connections count on in them.
+func TestPodStatsCarriedOverMapReplacement(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 1024})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 2, Parallel: 2, Bytes: 1 << 20, MaxWrite: 64 << 10}
+	mustOK(t, e.client(p, 0, spec), spec.Conns, spec.Bytes)
+	before := e.podStats(p)["app"]
+	if before.Connections != 2 {
+		t.Fatalf("want 2 connections before the replacement: %+v", before)
+	}
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts := e.opts
+	opts.MaxConnections = 2048
+	dp, err := datapath.Load(opts)
+	if err != nil {
+		t.Fatalf("load with a new capacity: %v", err)
+	}
+	e.dp = dp
+	if d := podDiff(before, e.podStats(p)["app"]); !d.zero() {
+		t.Fatalf("the pod's counters changed with the maps: %v", d)
+	}
+	mustOK(t, e.client(p, 0, spec), spec.Conns, spec.Bytes)
+	if got := e.podStats(p)["app"].Connections; got != 4 {
+		t.Fatalf("want 4 connections counted across the replacement, got %d", got)
+	}
+}
