@@ -84,6 +84,7 @@ static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *stat
 
 	state->tx = tx;
 	sh_count(why, 1);
+	sh_pod_final(state, tx);
 	if (tx != SH_TX_UNSAFE_RX) {
 		self = sh_self(msg);
 		if (self)
@@ -256,6 +257,7 @@ int sockhop_msg(struct sk_msg_md *msg)
 			return sh_tcp(msg);
 		state->tx = SH_TX_REDIRECT;
 		sh_count(SH_STAT_TX_SWITCH, 1);
+		sh_pod_count(state->pod, SH_PODST_SWITCHED);
 		break;
 	case SH_TX_REDIRECT:
 		break;
@@ -278,6 +280,7 @@ int sockhop_msg(struct sk_msg_md *msg)
 		if ((rx->flags & SH_RX_UNSAFE) && sh_backlog_of(state->peer_sk)) {
 			state->tx = SH_TX_POISONED;
 			sh_count(SH_STAT_TX_POISONED, 1);
+			sh_pod_count(state->pod, SH_PODST_POISONED);
 			return sh_poisoned(msg, state);
 		}
 		sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX, 0);
@@ -463,3 +466,4 @@ const enum sh_tx *sh_tx_btf __attribute__((unused));
 const enum sh_rx_flags *sh_rx_btf __attribute__((unused));
 const enum sh_hazard_flags *sh_hazard_btf __attribute__((unused));
 const enum sh_strand_state *sh_strand_btf __attribute__((unused));
+const enum sh_podst_stat *sh_podst_btf __attribute__((unused));

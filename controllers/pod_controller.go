@@ -251,10 +251,12 @@ func (r *PodReconciler) syncLocked(ctx context.Context, pod *corev1.Pod, ns *cor
 	st.failure = ""
 	r.attached[dir] = attachment{uid: uid, cfg: cfg}
 	r.Metrics.SetPodsAccelerated(len(r.attached))
-	note := "attached to cgroup " + dir
+	note := "attached to cgroup " + dir + ": its new connections inside the pod and to this node's accelerated pods are paired, " +
+		"and each direction is redirected once its receiver has read all of it and is seen reading safely"
 	if len(cfg.ExcludePorts) > 0 {
 		note += fmt.Sprintf("; connections on ports %v stay on TCP", cfg.ExcludePorts)
 	}
+	note += "; " + ReasonAccelerating + " or " + ReasonNotAccelerating + " Events will say what was redirected"
 	if attached {
 		r.Metrics.Attached(-1)
 		r.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, ReasonAccelerated, "Attach", "configuration updated: %s", note)

@@ -40,6 +40,7 @@ import (
 	"github.com/sockhop/sockhop/pkg/cgroup"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/metrics"
+	"github.com/sockhop/sockhop/pkg/testbed"
 )
 
 // The tests in this package that need an API server run against a real
@@ -55,6 +56,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Peer processes (pkg/testbed) are this binary, re-executed.
+	testbed.RunPeerIfRequested()
 	os.Exit(runTests(m))
 }
 

@@ -309,6 +309,43 @@ func (c *cluster) accelerated(pod *corev1.Pod, timeout time.Duration) bool {
 	return err == nil
 }
 
+// summary waits for a per-pod summary Event of the agent (reason
+// Accelerating or NotAccelerating) on this pod and returns its reason and
+// note ("" when none came within the timeout).
+func (c *cluster) summary(pod *corev1.Pod, timeout time.Duration) (reason, note string) {
+	sel := fields.Set{"involvedObject.uid": string(pod.UID)}.AsSelector().String()
+	_ = wait.PollUntilContextTimeout(context.Background(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		evs, err := c.cs.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err != nil {
+			return false, nil
+		}
+		for _, e := range evs.Items {
+			if e.Reason == "Accelerating" || e.Reason == "NotAccelerating" {
+				reason, note = e.Reason, e.Message
+				if e.Reason == "Accelerating" {
+					return true, nil
+				}
+			}
+		}
+		return false, nil
+	})
+	return reason, note
+}
+
+// podStats is the "stats" of the pod's attachment in sockhop status (nil
+// when it lists none for the pod).
+func (s status) podStats(uid string) map[string]any {
+	atts, _ := dig(s.doc, "attachments").([]any)
+	for _, a := range atts {
+		m, _ := a.(map[string]any)
+		if m["pod_uid"] == uid || m["pod_uid"] == strings.ReplaceAll(uid, "-", "_") {
+			st, _ := m["stats"].(map[string]any)
+			return st
+		}
+	}
+	return nil
+}
+
 // streamResult is what `workload client -mode stream` prints.
 type streamResult struct {
 	Conns         int      `json:"conns"`

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +29,8 @@ const (
 	liveConns = 50
 	liveBytes = 3 << 20
 	liveRate  = 128 << 10
+	// Connections of the first checked transfer.
+	conns4 = 4
 )
 
 // TestE2E runs the scenarios in order on one installation: later ones build on the
@@ -65,7 +68,7 @@ func TestE2E(t *testing.T) {
 				t.Errorf("sockhop status does not list pod %s:\n%s", p, before.raw)
 			}
 		}
-		const conns = 4
+		const conns = conns4
 		res, err := c.stream(context.Background(), client, server, conns, transferBytes, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -76,6 +79,25 @@ func TestE2E(t *testing.T) {
 		// The pods' first connections: every direction starts on TCP
 		// until its receiver has read it all (bulk streams rarely pause).
 		wantRedirected(t, "streams through both sidecars", got, res.BytesSent+res.BytesVerified, 0.5)
+
+		// Per pod: the status counts the connections each pod paired and
+		// the directions redirected, and the agent says so in a summary
+		// Event (within its 10 s period once a direction was redirected).
+		for _, pod := range []*corev1.Pod{server, client} {
+			st := after.podStats(string(pod.UID))
+			conns, _ := st["connections"].(float64)
+			dirs, _ := st["directions"].(float64)
+			redirected, _ := st["redirected"].(float64)
+			t.Logf("pod %s: %v", pod.Name, st)
+			if conns < conns4 || redirected == 0 || redirected > dirs {
+				t.Errorf("sockhop status for pod %s: want at least %d connections paired and some of their directions redirected: %v", pod.Name, conns4, st)
+			}
+			reason, note := c.summary(pod, 2*time.Minute)
+			t.Logf("pod %s: %s: %s", pod.Name, reason, note)
+			if reason != "Accelerating" || !strings.Contains(note, " directions redirected") || strings.Contains(note, " 0 of ") {
+				t.Errorf("pod %s: want an Accelerating summary Event saying directions were redirected, got %q: %q", pod.Name, reason, note)
+			}
+		}
 	})
 
 	t.Run("kubectl sockhop: status and sysdump of the cluster, with the documented RBAC", func(t *testing.T) {

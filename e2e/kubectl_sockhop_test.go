@@ -47,6 +47,11 @@ type pluginStatus struct {
 		Pod         string `json:"pod"`
 		Accelerated bool   `json:"accelerated"`
 		EventReason string `json:"event_reason"`
+		Stats       *struct {
+			Connections uint64 `json:"connections"`
+			Directions  uint64 `json:"directions"`
+			Redirected  uint64 `json:"redirected"`
+		} `json:"stats"`
 	} `json:"pods"`
 }
 
@@ -118,8 +123,11 @@ func (c *cluster) checkKubectlSockhop(t *testing.T, ns string, server, client *c
 		for _, p := range st.Pods {
 			if p.Namespace == ns && (p.Pod == server.Name || p.Pod == client.Name) {
 				found++
-				if !p.Accelerated || p.EventReason != "Accelerated" {
-					t.Errorf("pod row %+v: want accelerated, last Event Accelerated", p)
+				if !p.Accelerated || (p.EventReason != "Accelerated" && p.EventReason != "Accelerating") {
+					t.Errorf("pod row %+v: want accelerated, last Event Accelerated or Accelerating", p)
+				}
+				if p.Stats == nil || p.Stats.Connections == 0 || p.Stats.Redirected == 0 || p.Stats.Redirected > p.Stats.Directions {
+					t.Errorf("pod row %+v: want connections paired and directions redirected (%+v)", p, p.Stats)
 				}
 			}
 		}
@@ -139,7 +147,7 @@ func (c *cluster) checkKubectlSockhop(t *testing.T, ns string, server, client *c
 			}
 		}
 		out = plugin(t, "status", "-o", "wide", "--pods")
-		for _, want := range []string{"PROGRAMS", "sockops ", "3.0 MiB", server.Name, client.Name, "Accelerated:"} {
+		for _, want := range []string{"PROGRAMS", "sockops ", "3.0 MiB", server.Name, client.Name, "DIRECTIONS REDIRECTED", "Accelerat"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("status -o wide --pods lacks %q:\n%s", want, out)
 			}

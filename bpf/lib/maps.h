@@ -64,6 +64,7 @@ struct sh_sock {
 	__u32 tx;
 	__u16 waits; /* a client's sends while its server had not joined */
 	__u16 flags; /* enum sh_sock_flags */
+	__u64 pod;   /* attach cgroup id of this socket's pod (sockhop_podst) */
 };
 
 enum sh_sock_flags {
@@ -110,6 +111,7 @@ struct sh_pending {
 	__u64 flags;
 	__u64 client_sk;
 	__u64 server_sk; /* set when the server joins */
+	__u64 client_pod; /* the client's pod, counted when the server joins */
 };
 
 /* Learnt hazards of a cgroup (container): its later sockets are not paired. */

@@ -16,6 +16,7 @@
 
 #include "kernel.h"
 #include "maps.h"
+#include "podst.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -45,7 +46,7 @@ volatile const __u8 sh_guard = 1;
  * sockhop_pods. ancestors[] is indexed by a variable, which the verifier only
  * allows through a probe read.
  */
-static __always_inline struct sh_pod *sh_pod_of(struct sock *sk)
+static __always_inline struct sh_pod *sh_pod_of(struct sock *sk, __u64 *pod_id)
 {
 	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
 	int level = BPF_CORE_READ(cg, level);
@@ -62,8 +63,10 @@ static __always_inline struct sh_pod *sh_pod_of(struct sock *sk)
 			break;
 		id = BPF_CORE_READ(anc, kn, id);
 		pod = bpf_map_lookup_elem(&sockhop_pods, &id);
-		if (pod)
+		if (pod) {
+			*pod_id = id;
 			return pod;
+		}
 	}
 	return NULL;
 }
@@ -200,7 +203,7 @@ static __always_inline int sh_is_pod_ip(const __u32 ip[4])
 }
 
 static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
-					   struct sock *sk, struct sh_key *key)
+					   struct sock *sk, struct sh_key *key, __u64 pod)
 {
 	struct sh_pending pending = {};
 	struct sh_pending *old;
@@ -210,12 +213,15 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 
 	if (sh_hazardous(sk)) {
 		sh_count(SH_STAT_SKIP_HAZARD, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_HAZARD);
 		return;
 	}
 	pending.client_sk = addr;
+	pending.client_pod = pod;
 	err = bpf_map_update_elem(&sockhop_pending, &key->conn, &pending, BPF_NOEXIST);
 	if (err && err != -17 /* EEXIST */) {
 		sh_count(SH_STAT_ERR_PENDING, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_MAP_FULL);
 		return;
 	}
 	if (err) {
@@ -224,12 +230,14 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 		if (old)
 			__sync_fetch_and_or(&old->flags, SH_CONN_AMBIGUOUS);
 		sh_count(SH_STAT_SKIP_AMBIGUOUS, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_NO_PEER);
 		return;
 	}
 
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!state) {
 		sh_count(SH_STAT_ERR_STORAGE, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_MAP_FULL);
 		bpf_map_delete_elem(&sockhop_pending, &key->conn);
 		return;
 	}
@@ -239,13 +247,16 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 	state->waits = 0;
 	state->flags = 0;
 	state->tx = SH_TX_TCP;
+	state->pod = pod;
 
 	if (sh_track(skops, sk)) {
+		sh_pod_count(pod, SH_PODST_SKIP_MAP_FULL);
 		bpf_map_delete_elem(&sockhop_pending, &key->conn);
 		return;
 	}
 	if (bpf_sock_hash_update(skops, &sockhop_socks, key, BPF_NOEXIST)) {
 		sh_count(SH_STAT_ERR_SOCKHASH, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_MAP_FULL);
 		bpf_map_delete_elem(&sockhop_pending, &key->conn);
 		bpf_map_delete_elem(&sockhop_rx, &addr);
 		return;
@@ -257,27 +268,33 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
  * the client is waiting, and hands the client its address. Its own tx, and
  * the client's, start on TCP (docs/datapath.md). */
 static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
-					   struct sock *sk, struct sh_key *key)
+					   struct sock *sk, struct sh_key *key, __u64 pod)
 {
 	struct sh_key client = *key;
 	struct sh_pending *pending;
 	struct sh_sock *state;
 	struct sh_rx *crx;
 	__u64 addr = (__u64)sk;
-	__u64 flags, client_sk;
+	__u64 flags, client_sk, client_pod;
 
 	client.side = SH_CLIENT;
 	pending = bpf_map_lookup_elem(&sockhop_pending, &key->conn);
 	if (!pending) {
 		sh_count(SH_STAT_SKIP_NO_CLIENT, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_NO_PEER);
 		return;
 	}
 	flags = pending->flags;
 	client_sk = pending->client_sk;
+	client_pod = pending->client_pod;
 	if (flags & (SH_CONN_PAIRED | SH_CONN_AMBIGUOUS)) {
 		__sync_fetch_and_or(&pending->flags, SH_CONN_AMBIGUOUS);
 		bpf_map_delete_elem(&sockhop_socks, &client);
 		sh_count(SH_STAT_SKIP_AMBIGUOUS, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_NO_PEER);
+		/* A client whose first server joined counted as a direction. */
+		if (!(flags & SH_CONN_PAIRED))
+			sh_pod_count(client_pod, SH_PODST_SKIP_NO_PEER);
 		return;
 	}
 
@@ -291,12 +308,15 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 		bpf_map_delete_elem(&sockhop_pending, &key->conn);
 		bpf_map_delete_elem(&sockhop_rx, &client_sk);
 		sh_count(sh_hazardous(sk) ? SH_STAT_SKIP_HAZARD : SH_STAT_TX_UNSAFE_RX, 1);
+		sh_pod_count(pod, sh_hazardous(sk) ? SH_PODST_SKIP_HAZARD : SH_PODST_SKIP_POLICY);
+		sh_pod_count(client_pod, sh_hazardous(sk) ? SH_PODST_SKIP_HAZARD : SH_PODST_SKIP_POLICY);
 		return;
 	}
 
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!state) {
 		sh_count(SH_STAT_ERR_STORAGE, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_MAP_FULL);
 		return;
 	}
 	state->peer = client;
@@ -304,17 +324,22 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 	state->tx = SH_TX_TCP;
 	state->waits = 0;
 	state->flags = 0;
+	state->pod = pod;
 
-	if (sh_track(skops, sk))
+	if (sh_track(skops, sk)) {
+		sh_pod_count(pod, SH_PODST_SKIP_MAP_FULL);
 		return;
+	}
 	if (bpf_sock_hash_update(skops, &sockhop_socks, key, BPF_NOEXIST)) {
 		sh_count(SH_STAT_ERR_SOCKHASH, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_MAP_FULL);
 		bpf_map_delete_elem(&sockhop_rx, &addr);
 		return;
 	}
 	pending->server_sk = addr;
 	__sync_fetch_and_or(&pending->flags, SH_CONN_PAIRED);
 	sh_count(SH_STAT_PAIRED_SERVER, 1);
+	sh_pod_paired(pod, client_pod);
 }
 
 /*
@@ -354,6 +379,7 @@ static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 	__sync_fetch_and_or(&rx->flags, SH_RX_RETIRED);
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
 	sh_count(SH_STAT_RETIRED, 1);
+	sh_pod_count(state->pod, SH_PODST_RETIRED);
 }
 
 /* A paired socket closed: forget what was kept for it, and learn from how
@@ -387,6 +413,16 @@ static __always_inline void sh_closed(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
 }
 
+/* A socket of an attached pod that carried data before it was established. */
+static __always_inline void sh_pod_skip_data(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock_ops_kern *kctx = bpf_cast_to_kern_ctx(skops);
+	__u64 pod_id = 0;
+
+	if (kctx->sk && sh_pod_of(kctx->sk, &pod_id))
+		sh_pod_count(pod_id, SH_PODST_SKIP_DATA);
+}
+
 static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_side side)
 {
 	struct bpf_sock_ops_kern *kctx;
@@ -394,6 +430,7 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 	__u16 local_port, remote_port;
 	struct sh_key key = {};
 	struct sh_pod *pod;
+	__u64 pod_id = 0;
 	struct bpf_sock *bsk;
 	struct sk_buff *skb;
 	struct sock *sk;
@@ -403,6 +440,7 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 	/* Data already flowed (TCP Fast Open): too late to pair in order. */
 	if (skops->data_segs_in || skops->data_segs_out) {
 		sh_count(SH_STAT_SKIP_DATA, 1);
+		sh_pod_skip_data(skops);
 		return;
 	}
 
@@ -415,7 +453,7 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 	if (!sk || !skb)
 		return;
 
-	pod = sh_pod_of(sk);
+	pod = sh_pod_of(sk, &pod_id);
 	if (!pod) {
 		sh_count(SH_STAT_SKIP_NO_POD, 1);
 		return;
@@ -424,6 +462,7 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 	remote_port = bpf_ntohl(skops->remote_port);
 	if (sh_port_excluded(pod, local_port) || sh_port_excluded(pod, remote_port)) {
 		sh_count(SH_STAT_SKIP_EXCLUDED, 1);
+		sh_pod_count(pod_id, SH_PODST_SKIP_EXCLUDED);
 		return;
 	}
 
@@ -436,6 +475,7 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 		key.conn.netns = bpf_get_netns_cookie(skops);
 	} else if (!sh_is_pod_ip(local_ip) || !sh_is_pod_ip(remote_ip)) {
 		sh_count(SH_STAT_SKIP_REMOTE, 1);
+		sh_pod_count(pod_id, SH_PODST_SKIP_REMOTE);
 		return;
 	}
 
@@ -445,12 +485,12 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 		key.conn.client_port = local_port;
 		key.conn.client_seq = skops->snd_una;
 		key.conn.server_seq = skops->rcv_nxt;
-		sh_pair_client(skops, bsk, sk, &key);
+		sh_pair_client(skops, bsk, sk, &key, pod_id);
 	} else {
 		__builtin_memcpy(key.conn.client_ip, remote_ip, sizeof(remote_ip));
 		key.conn.client_port = remote_port;
 		key.conn.client_seq = skops->rcv_nxt;
 		key.conn.server_seq = skops->snd_una;
-		sh_pair_server(skops, bsk, sk, &key);
+		sh_pair_server(skops, bsk, sk, &key, pod_id);
 	}
 }

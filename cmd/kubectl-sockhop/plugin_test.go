@@ -27,7 +27,8 @@ func TestAgreesWithAgent(t *testing.T) {
 		annotationAccel != controllers.AnnotationAccelerate {
 		t.Errorf("label/annotation names differ from package controllers")
 	}
-	for _, r := range []string{controllers.ReasonAccelerated, controllers.ReasonAccelerationRemoved, controllers.ReasonAccelerationFailed} {
+	for _, r := range []string{controllers.ReasonAccelerated, controllers.ReasonAccelerationRemoved, controllers.ReasonAccelerationFailed,
+		controllers.ReasonAccelerating, controllers.ReasonNotAccelerating} {
 		if !sockhopReasons[r] {
 			t.Errorf("Event reason %s of the agent is not collected", r)
 		}
@@ -42,7 +43,7 @@ func TestAgreesWithAgent(t *testing.T) {
 			t.Errorf("controllers/hazards.go records no Event %s", r)
 		}
 	}
-	if len(sockhopReasons) != 5 {
+	if len(sockhopReasons) != 7 {
 		t.Errorf("sockhopReasons = %v", sockhopReasons)
 	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{namespaceLabelKey: namespaceLabelValue}}}
@@ -90,7 +91,9 @@ func testStatus() *clusterStatus {
 		{Node: "n2", NotReady: "no agent pod on this node"},
 	}
 	return &clusterStatus{Nodes: rows, Summary: summary(rows), Pods: []podRow{
-		{Namespace: "shop", Pod: "web-0", Node: "n1", Accelerated: true, ExcludePorts: []uint16{5432}, EventReason: "Accelerated", EventMessage: "attached"},
+		{Namespace: "shop", Pod: "web-0", Node: "n1", Accelerated: true, ExcludePorts: []uint16{5432}, EventReason: "Accelerated", EventMessage: "attached",
+			Stats: &podStats{Connections: 12, Directions: 24, Redirected: 20, OnTCP: map[string]uint64{"backpressure": 2, "unsafe_receiver": 2},
+				Unpaired: map[string]uint64{"remote": 14}}, Summary: "12 connections paired, 20 of 24 directions redirected"},
 		{Namespace: "shop", Pod: "web-1", Node: "n1", ExcludePorts: []uint16{}},
 	}}
 }
@@ -108,7 +111,7 @@ func TestWriteStatus(t *testing.T) {
 	for _, want := range []string{
 		"NODE  AGENT", "n1    ready", "2/3", "5.0 MiB", "backpressure=1 remote=4", "HAZARDS SEEN", "stranded=1 unsafe=2", "pending 100/131072",
 		"n2    not ready: no agent pod on this node", st.Summary,
-		"shop       web-0  n1    yes          5432            Accelerated: attached",
+		"CONNECTIONS  DIRECTIONS REDIRECTED  ON TCP FOR GOOD", "Accelerated: attached",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
@@ -116,6 +119,20 @@ func TestWriteStatus(t *testing.T) {
 	}
 	if strings.Contains(out, "PROGRAMS") {
 		t.Errorf("the default table has the wide columns:\n%s", out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		want := ""
+		switch {
+		case strings.Contains(line, "web-0"):
+			want = "shop web-0 n1 yes 12 20 of 24 backpressure=2 unsafe_receiver=2 remote=14 5432 Accelerated: attached"
+		case strings.Contains(line, "web-1"):
+			want = "shop web-1 n1 no - - - - - -"
+		default:
+			continue
+		}
+		if got := strings.Join(strings.Fields(line), " "); got != want {
+			t.Errorf("pod row %q, want %q", got, want)
+		}
 	}
 	b.Reset()
 	if err := writeStatus(&b, st, "wide", false); err != nil {
@@ -133,7 +150,8 @@ func TestWriteStatus(t *testing.T) {
 		if err := sigsyaml.Unmarshal(b.Bytes(), &got); err != nil {
 			t.Fatalf("%s: %v\n%s", format, err, b.String())
 		}
-		if len(got.Nodes) != 2 || got.Nodes[0].RedirectedBytes != 5<<20 || got.Pods[0].ExcludePorts[0] != 5432 || got.Summary != st.Summary {
+		if len(got.Nodes) != 2 || got.Nodes[0].RedirectedBytes != 5<<20 || got.Pods[0].ExcludePorts[0] != 5432 || got.Summary != st.Summary ||
+			got.Pods[0].Stats == nil || got.Pods[0].Stats.Redirected != 20 || got.Pods[0].Stats.OnTCP["backpressure"] != 2 || got.Pods[1].Stats != nil {
 			t.Errorf("%s round trip: %+v", format, got)
 		}
 	}

@@ -28,11 +28,13 @@ type agentStatus struct {
 		BacklogLimit int      `json:"backlog_limit"`
 	} `json:"datapath"`
 	Attachments []struct {
-		Cgroup       string   `json:"cgroup"`
-		Live         bool     `json:"live"`
-		ExcludePorts []uint16 `json:"exclude_ports"`
-		PodUID       string   `json:"pod_uid"`
-		QOSClass     string   `json:"qos_class"`
+		Cgroup       string    `json:"cgroup"`
+		Live         bool      `json:"live"`
+		ExcludePorts []uint16  `json:"exclude_ports"`
+		PodUID       string    `json:"pod_uid"`
+		QOSClass     string    `json:"qos_class"`
+		Stats        *podStats `json:"stats"`
+		Summary      string    `json:"summary"`
 	} `json:"attachments"`
 	SocketsInMap int       `json:"sockets_in_sockhash"`
 	Maps         []mapFill `json:"maps"`
@@ -48,6 +50,18 @@ type agentStatus struct {
 		Passthrough        map[string]uint64 `json:"passthrough"`
 		MapErrors          map[string]uint64 `json:"map_errors"`
 	} `json:"counters"`
+}
+
+// podStats is what happened to an attached pod's connections since its
+// attach (the node CLI's "stats" of an attachment).
+type podStats struct {
+	Connections uint64            `json:"connections"`
+	Directions  uint64            `json:"directions"`
+	Redirected  uint64            `json:"redirected"`
+	OnTCP       map[string]uint64 `json:"on_tcp,omitempty"`
+	Poisoned    uint64            `json:"poisoned,omitempty"`
+	Retired     uint64            `json:"retired"`
+	Unpaired    map[string]uint64 `json:"unpaired,omitempty"`
 }
 
 // mapFill is how full one map that bounds acceleration is.
@@ -118,6 +132,11 @@ type podRow struct {
 	Accelerated  bool     `json:"accelerated"`
 	QOSClass     string   `json:"qos_class,omitempty"`
 	ExcludePorts []uint16 `json:"exclude_ports"`
+	// Stats: what the datapath counted for the pod since its attach
+	// (connections paired, directions redirected, on TCP for good and
+	// sockets not paired by reason), and Summary the same in words.
+	Stats   *podStats `json:"stats,omitempty"`
+	Summary string    `json:"summary,omitempty"`
 	// Event is the agent's latest Event on the pod: what it accelerated, or
 	// why it could not.
 	EventReason  string `json:"event_reason,omitempty"`
@@ -323,6 +342,9 @@ const (
 	reasonAccelerated         = "Accelerated"
 	reasonAccelerationRemoved = "AccelerationRemoved"
 	reasonAccelerationFailed  = "AccelerationFailed"
+	// The per-pod summaries: what was redirected since the attach.
+	reasonAccelerating    = "Accelerating"
+	reasonNotAccelerating = "NotAccelerating"
 	// The receiver guard's, on the pod of a container it learnt about.
 	reasonHazardousReader  = "HazardousReader"
 	reasonReceiverStranded = "ReceiverStranded"
@@ -397,6 +419,11 @@ func podRows(ctx context.Context, c *cluster, rows []nodeRow, optedIn map[string
 			if i, ok := attached[string(p.UID)]; ok {
 				a := r.status.Attachments[i]
 				pr.Accelerated, pr.QOSClass = true, a.QOSClass
+				if a.Stats != nil {
+					st := *a.Stats
+					st.OnTCP, st.Unpaired = nonZero(st.OnTCP), nonZero(st.Unpaired)
+					pr.Stats, pr.Summary = &st, a.Summary
+				}
 				if a.ExcludePorts != nil {
 					pr.ExcludePorts = a.ExcludePorts
 				}
@@ -427,6 +454,8 @@ var sockhopReasons = map[string]bool{
 	reasonAccelerated:         true,
 	reasonAccelerationRemoved: true,
 	reasonAccelerationFailed:  true,
+	reasonAccelerating:        true,
+	reasonNotAccelerating:     true,
 	reasonHazardousReader:     true,
 	reasonReceiverStranded:    true,
 }
@@ -534,13 +563,19 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 	}
 	fmt.Fprintln(w)
 	tw = newTable(w)
-	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tACCELERATED\tEXCLUDED PORTS\tLAST EVENT")
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tACCELERATED\tCONNECTIONS\tDIRECTIONS REDIRECTED\tON TCP FOR GOOD\tNOT PAIRED\tEXCLUDED PORTS\tLAST EVENT")
 	for _, p := range st.Pods {
+		conns, redirected, onTCP, unpaired := "-", "-", "-", "-"
+		if s := p.Stats; s != nil {
+			conns, redirected = fmt.Sprint(s.Connections), fmt.Sprintf("%d of %d", s.Redirected, s.Directions)
+			onTCP, unpaired = countsText(s.OnTCP), countsText(s.Unpaired)
+		}
 		ev := "-"
 		if p.EventReason != "" || p.EventMessage != "" {
 			ev = strings.TrimSpace(p.EventReason + ": " + p.EventMessage)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Pod, p.Node, yesNo(p.Accelerated), portsText(p.ExcludePorts), ev)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Pod, p.Node, yesNo(p.Accelerated),
+			conns, redirected, onTCP, unpaired, portsText(p.ExcludePorts), ev)
 	}
 	return tw.Flush()
 }

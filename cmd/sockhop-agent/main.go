@@ -259,6 +259,11 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 			closeDatapath(dp, logger)
 			return fmt.Errorf("set up hazard reporter: %w", err)
 		}
+		// Per-pod summaries of what was redirected, rate-limited.
+		if err := mgr.Add(&controllers.PodSummaryReporter{Source: dp, Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("sockhop-agent")}); err != nil {
+			closeDatapath(dp, logger)
+			return fmt.Errorf("set up pod summary reporter: %w", err)
+		}
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err

@@ -33,6 +33,11 @@ func (s source) Sockets() (int, error)                       { return s.sockets,
 func (s source) MapFill() ([]datapath.MapFill, error) {
 	return []datapath.MapFill{{Name: "sockhash", Entries: s.sockets, Capacity: 262144}}, nil
 }
+func (s source) PodStats() (map[uint64]datapath.PodStats, error) {
+	return map[uint64]datapath.PodStats{4711: {Connections: 12, Directions: 24, Redirected: 20,
+		OnTCP:    map[string]uint64{datapath.ReasonBackpressure: 2, datapath.ReasonUnsafeRx: 2},
+		Unpaired: map[string]uint64{datapath.ReasonRemote: 14}, Retired: 4}}, nil
+}
 func (s source) Build() (datapath.Build, error) {
 	return datapath.Build{SockopsTag: "0123456789abcdef", MsgTag: "fedcba9876543210",
 		Options: datapath.Options{ProxyUIDs: []uint32{1337}, BacklogLimit: 3 << 20}}, nil
@@ -89,6 +94,38 @@ func TestStatusTable(t *testing.T) {
 	if strings.Contains(out, "no_peer") {
 		t.Errorf("zero reasons must be left out:\n%s", out)
 	}
+	if strings.Contains(out, "PODS") {
+		t.Errorf("the per-pod table is for --pods:\n%s", out)
+	}
+	b.Reset()
+	if err := renderPods(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	pods := b.String()
+	for _, want := range []string{
+		"POD UID", "DIRECTIONS REDIRECTED",
+	} {
+		if !strings.Contains(pods, want) {
+			t.Errorf("--pods table lacks %q:\n%s", want, pods)
+		}
+	}
+	rows := map[string]string{
+		"8b4c1d2e-3f40-4a5b-9c6d-7e8f90a1b2c3": "8b4c1d2e-3f40-4a5b-9c6d-7e8f90a1b2c3 4711 12 20 of 24 backpressure=2 unsafe_receiver=2 remote=14 4",
+		"nginx.service":                        "/sys/fs/cgroup/unified/system.slice/nginx.service 99 - - - - -",
+	}
+	for _, line := range strings.Split(pods, "\n") {
+		for k, want := range rows {
+			if strings.Contains(line, k) {
+				if got := strings.Join(strings.Fields(line), " "); got != want {
+					t.Errorf("--pods row %q, want %q", got, want)
+				}
+				delete(rows, k)
+			}
+		}
+	}
+	if len(rows) > 0 {
+		t.Errorf("--pods table lacks rows %v:\n%s", rows, pods)
+	}
 	// The nginx row: not live, no pod UID, no ports.
 	for _, line := range strings.Split(out, "\n") {
 		if strings.Contains(line, "nginx.service") {
@@ -116,6 +153,14 @@ func TestStatusJSON(t *testing.T) {
 			Live         bool     `json:"live"`
 			ExcludePorts []uint16 `json:"exclude_ports"`
 			PodUID       string   `json:"pod_uid"`
+			Stats        *struct {
+				Connections uint64            `json:"connections"`
+				Directions  uint64            `json:"directions"`
+				Redirected  uint64            `json:"redirected"`
+				OnTCP       map[string]uint64 `json:"on_tcp"`
+				Unpaired    map[string]uint64 `json:"unpaired"`
+			} `json:"stats"`
+			Summary string `json:"summary"`
 		} `json:"attachments"`
 		Sockets  int `json:"sockets_in_sockhash"`
 		Counters struct {
@@ -129,6 +174,11 @@ func TestStatusJSON(t *testing.T) {
 	if len(got.Attachments) != 2 || got.Attachments[0].CgroupID != 4711 || !got.Attachments[0].Live ||
 		got.Attachments[0].PodUID == "" || len(got.Attachments[0].ExcludePorts) != 2 || got.Attachments[1].ExcludePorts == nil {
 		t.Fatalf("attachments: %+v", got.Attachments)
+	}
+	if st := got.Attachments[0].Stats; st == nil || st.Connections != 12 || st.Directions != 24 || st.Redirected != 20 ||
+		st.OnTCP[datapath.ReasonBackpressure] != 2 || st.Unpaired[datapath.ReasonRemote] != 14 ||
+		!strings.Contains(got.Attachments[0].Summary, "20 of 24 directions redirected") || got.Attachments[1].Stats != nil {
+		t.Fatalf("per-pod stats: %+v", got.Attachments)
 	}
 	if got.Sockets != 4 || got.Counters.RedirectedBytes != 3<<20 || got.Counters.Passthrough[datapath.ReasonRemote] != 12 {
 		t.Fatalf("counters: %+v", got)

@@ -16,6 +16,7 @@ func newStatusCommand(g *globalOptions) *cobra.Command {
 	var (
 		output       string
 		skipSelfTest bool
+		pods         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -24,7 +25,10 @@ func newStatusCommand(g *globalOptions) *cobra.Command {
 attached to (with the pod UID when the path is a kubelet pod cgroup), the
 sockets in the sockhash now, and the counters since the datapath was first
 loaded: paired sockets, redirected messages and bytes, connections and
-directions left on TCP by reason, failed map operations; and which redirect
+directions left on TCP by reason, failed map operations; with --pods, per
+attached pod since its attach: connections paired, directions redirected,
+directions on TCP for good and sockets not paired, by reason (the JSON output
+always has them, as "stats" of each attachment); and which redirect
 hazards the running kernel has and which of them sockhop guards (the hazard
 self-test, as root).
 
@@ -33,12 +37,14 @@ re-links nothing and changes nothing. The self-test loads its own unpinned
 program in a throwaway network namespace. status works on the node and
 inside the agent pod.`,
 		Example: `  sockhop status
+  sockhop status --pods
   sockhop status -o json
   sockhop status --bpffs-dir /sys/fs/bpf/sockhop`,
 		Args: noArgs,
 	}
 	validate := outputFlag(cmd, &output, formatTable, formatJSON)
 	cmd.Flags().BoolVar(&skipSelfTest, "skip-self-test", false, "do not run the hazard self-test")
+	cmd.Flags().BoolVar(&pods, "pods", false, "also show, per attached pod, what was accelerated and what stayed on TCP")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := validate(); err != nil {
 			return err
@@ -73,7 +79,13 @@ inside the agent pod.`,
 		if output == formatJSON {
 			return writeJSON(g.stdout, rep)
 		}
-		return renderStatus(g.stdout, rep)
+		if err := renderStatus(g.stdout, rep); err != nil {
+			return err
+		}
+		if pods {
+			return renderPods(g.stdout, rep)
+		}
+		return nil
 	}
 	return cmd
 }
@@ -85,6 +97,7 @@ type statusSource interface {
 	Sockets() (int, error)
 	MapFill() ([]datapath.MapFill, error)
 	Build() (datapath.Build, error)
+	PodStats() (map[uint64]datapath.PodStats, error)
 }
 
 type statusReport struct {
@@ -152,6 +165,11 @@ type attachmentView struct {
 	ExcludePorts []uint16 `json:"exclude_ports"`
 	PodUID       string   `json:"pod_uid,omitempty"`
 	QOSClass     string   `json:"qos_class,omitempty"`
+	// Stats: what happened to the pod's connections since it was
+	// attached (absent when the datapath keeps none for it).
+	Stats *datapath.PodStats `json:"stats,omitempty"`
+	// Summary is the same in words, as the agent's Events say it.
+	Summary string `json:"summary,omitempty"`
 }
 
 // datapathView is the installed datapath: which build, and the guards its
@@ -194,8 +212,16 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 	if err != nil {
 		return rep, fmt.Errorf("list attachments: %w", err)
 	}
+	stats, err := src.PodStats()
+	if err != nil {
+		return rep, err
+	}
 	for _, a := range atts {
 		v := attachmentView{Cgroup: a.CgroupPath, CgroupID: a.CgroupID, Live: a.Live, ExcludePorts: a.Config.ExcludePorts}
+		if st, ok := stats[a.CgroupID]; ok {
+			v.Stats = &st
+			v.Summary = st.String()
+		}
 		if v.ExcludePorts == nil {
 			v.ExcludePorts = []uint16{}
 		}
@@ -337,6 +363,29 @@ func renderPrograms(w io.Writer, progs []programView) error {
 			runs = "new connections (installed)"
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", p.ID, p.Name, p.Tag, runs)
+	}
+	return tw.Flush()
+}
+
+// renderPods is --pods: per attached pod, what was accelerated since its
+// attach and what stayed on TCP, by reason.
+func renderPods(w io.Writer, rep statusReport) error {
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "PODS (since each was attached)")
+	tw := newTable(w)
+	fmt.Fprintln(tw, "POD UID\tCGROUP ID\tCONNECTIONS\tDIRECTIONS REDIRECTED\tON TCP FOR GOOD\tNOT PAIRED\tRETIRED")
+	for _, a := range rep.Attachments {
+		id := a.PodUID
+		if id == "" {
+			id = dash(a.Cgroup)
+		}
+		if a.Stats == nil {
+			fmt.Fprintf(tw, "%s\t%d\t-\t-\t-\t-\t-\n", id, a.CgroupID)
+			continue
+		}
+		st := a.Stats
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d of %d\t%s\t%s\t%d\n", id, a.CgroupID, st.Connections, st.Redirected, st.Directions,
+			countsText(st.OnTCP), countsText(st.Unpaired), st.Retired)
 	}
 	return tw.Flush()
 }

@@ -37,16 +37,22 @@ type abortShKey struct {
 }
 
 type abortShPending struct {
-	_        structs.HostLayout
-	Flags    uint64
-	ClientSk uint64
-	ServerSk uint64
+	_         structs.HostLayout
+	Flags     uint64
+	ClientSk  uint64
+	ServerSk  uint64
+	ClientPod uint64
 }
 
 type abortShPod struct {
 	_            structs.HostLayout
 	ExcludePorts [16]uint16
 	Path         [256]int8
+}
+
+type abortShPodst struct {
+	_ structs.HostLayout
+	N [15]uint64
 }
 
 type abortShRx struct {
@@ -62,6 +68,7 @@ type abortShSock struct {
 	Tx     uint32
 	Waits  uint16
 	Flags  uint16
+	Pod    uint64
 }
 
 type abortShStrand struct {
@@ -83,6 +90,7 @@ const (
 	abortMapSockhopPending = "sockhop_pending"
 	abortMapSockhopPodips  = "sockhop_podips"
 	abortMapSockhopPods    = "sockhop_pods"
+	abortMapSockhopPodst   = "sockhop_podst"
 	abortMapSockhopRx      = "sockhop_rx"
 	abortMapSockhopSocks   = "sockhop_socks"
 	abortMapSockhopState   = "sockhop_state"
@@ -151,6 +159,7 @@ type abortMapSpecs struct {
 	SockhopPending *ebpf.MapSpec `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.MapSpec `ebpf:"sockhop_podips"`
 	SockhopPods    *ebpf.MapSpec `ebpf:"sockhop_pods"`
+	SockhopPodst   *ebpf.MapSpec `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.MapSpec `ebpf:"sockhop_rx"`
 	SockhopSocks   *ebpf.MapSpec `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.MapSpec `ebpf:"sockhop_state"`
@@ -195,6 +204,7 @@ type abortMaps struct {
 	SockhopPending *ebpf.Map `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.Map `ebpf:"sockhop_podips"`
 	SockhopPods    *ebpf.Map `ebpf:"sockhop_pods"`
+	SockhopPodst   *ebpf.Map `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.Map `ebpf:"sockhop_rx"`
 	SockhopSocks   *ebpf.Map `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.Map `ebpf:"sockhop_state"`
@@ -210,6 +220,7 @@ func (m *abortMaps) Close() error {
 		m.SockhopPending,
 		m.SockhopPodips,
 		m.SockhopPods,
+		m.SockhopPodst,
 		m.SockhopRx,
 		m.SockhopSocks,
 		m.SockhopState,

@@ -77,7 +77,14 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 		pod.Path[i] = int8(c)
 	}
 	_, existed := d.lookupPod(id)
+	// Counters first too, so that the pod's first sockets count.
+	if err := d.addPodStats(id); err != nil {
+		return fmt.Errorf("attach %s: %w", cgroupDir, err)
+	}
 	if err := d.objs.SockhopPods.Put(id, &pod); err != nil {
+		if !existed {
+			d.objs.SockhopPodst.Delete(id)
+		}
 		return fmt.Errorf("attach %s: store pod config: %w", cgroupDir, err)
 	}
 
@@ -100,6 +107,7 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 	if err != nil {
 		if !existed {
 			d.objs.SockhopPods.Delete(id)
+			d.objs.SockhopPodst.Delete(id)
 		}
 		return fmt.Errorf("attach sockops to %s: %w", cgroupDir, err)
 	}
@@ -140,6 +148,13 @@ func (d *Datapath) DetachID(id uint64) error {
 	}
 	if err := d.objs.SockhopPods.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("detach cgroup %d: forget pod config: %w", id, err)
+	}
+	// After the pod entry: a socket that still finds the pod may count
+	// into its counters until they go.
+	if d.objs.SockhopPodst != nil {
+		if err := d.objs.SockhopPodst.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("detach cgroup %d: forget per-pod counters: %w", id, err)
+		}
 	}
 	return nil
 }

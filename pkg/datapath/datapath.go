@@ -177,6 +177,10 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, err
 		}
 	}
+	if err := d.ensurePodStats(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	if _, err := SweepRetired(opts.PinDir); err != nil {
 		d.Close()
 		return nil, err
@@ -343,7 +347,8 @@ type carriedMap struct {
 }
 
 func (c carriedMap) restore(objs *sockhopObjects) error {
-	m := map[string]*ebpf.Map{sockhopMapSockhopPods: objs.SockhopPods, sockhopMapSockhopPodips: objs.SockhopPodips}[c.name]
+	m := map[string]*ebpf.Map{sockhopMapSockhopPods: objs.SockhopPods, sockhopMapSockhopPodips: objs.SockhopPodips,
+		sockhopMapSockhopPodst: objs.SockhopPodst}[c.name]
 	for i := range c.keys {
 		if err := m.Put(c.keys[i], c.vals[i]); err != nil {
 			return fmt.Errorf("carry %s over to the new maps: %w", c.name, err)
@@ -363,7 +368,7 @@ func (c carriedMap) restore(objs *sockhopObjects) error {
 // connections use the new maps.
 func retireMaps(pinDir string, spec *ebpf.CollectionSpec) ([]carriedMap, error) {
 	var carried []carriedMap
-	for _, name := range []string{sockhopMapSockhopPods, sockhopMapSockhopPodips} {
+	for _, name := range []string{sockhopMapSockhopPods, sockhopMapSockhopPodips, sockhopMapSockhopPodst} {
 		old, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, mapsDir, name), nil)
 		if err != nil {
 			continue // absent, or unreadable: start empty

@@ -46,10 +46,11 @@ type sockhopShKey struct {
 }
 
 type sockhopShPending struct {
-	_        structs.HostLayout
-	Flags    uint64
-	ClientSk uint64
-	ServerSk uint64
+	_         structs.HostLayout
+	Flags     uint64
+	ClientSk  uint64
+	ServerSk  uint64
+	ClientPod uint64
 }
 
 type sockhopShPod struct {
@@ -57,6 +58,32 @@ type sockhopShPod struct {
 	ExcludePorts [16]uint16
 	Path         [256]int8
 }
+
+type sockhopShPodst struct {
+	_ structs.HostLayout
+	N [15]uint64
+}
+
+type sockhopShPodstStat uint32
+
+const (
+	sockhopShPodstStatSH_PODST_CONNS           sockhopShPodstStat = 0
+	sockhopShPodstStatSH_PODST_DIRS            sockhopShPodstStat = 1
+	sockhopShPodstStatSH_PODST_SWITCHED        sockhopShPodstStat = 2
+	sockhopShPodstStatSH_PODST_TX_NO_PEER      sockhopShPodstStat = 3
+	sockhopShPodstStatSH_PODST_TX_UNSAFE_RX    sockhopShPodstStat = 4
+	sockhopShPodstStatSH_PODST_TX_BACKPRESSURE sockhopShPodstStat = 5
+	sockhopShPodstStatSH_PODST_POISONED        sockhopShPodstStat = 6
+	sockhopShPodstStatSH_PODST_RETIRED         sockhopShPodstStat = 7
+	sockhopShPodstStatSH_PODST_SKIP_NO_PEER    sockhopShPodstStat = 8
+	sockhopShPodstStatSH_PODST_SKIP_REMOTE     sockhopShPodstStat = 9
+	sockhopShPodstStatSH_PODST_SKIP_EXCLUDED   sockhopShPodstStat = 10
+	sockhopShPodstStatSH_PODST_SKIP_HAZARD     sockhopShPodstStat = 11
+	sockhopShPodstStatSH_PODST_SKIP_POLICY     sockhopShPodstStat = 12
+	sockhopShPodstStatSH_PODST_SKIP_DATA       sockhopShPodstStat = 13
+	sockhopShPodstStatSH_PODST_SKIP_MAP_FULL   sockhopShPodstStat = 14
+	sockhopShPodstStatSH_PODST_MAX             sockhopShPodstStat = 15
+)
 
 type sockhopShRx struct {
 	_     structs.HostLayout
@@ -71,6 +98,7 @@ type sockhopShSock struct {
 	Tx     uint32
 	Waits  uint16
 	Flags  uint16
+	Pod    uint64
 }
 
 type sockhopShStat uint32
@@ -144,6 +172,7 @@ const (
 	sockhopMapSockhopPending   = "sockhop_pending"
 	sockhopMapSockhopPodips    = "sockhop_podips"
 	sockhopMapSockhopPods      = "sockhop_pods"
+	sockhopMapSockhopPodst     = "sockhop_podst"
 	sockhopMapSockhopRx        = "sockhop_rx"
 	sockhopMapSockhopSocks     = "sockhop_socks"
 	sockhopMapSockhopState     = "sockhop_state"
@@ -158,6 +187,7 @@ const (
 	sockhopVarShBacklogLimit   = "sh_backlog_limit"
 	sockhopVarShGuard          = "sh_guard"
 	sockhopVarShHazardBtf      = "sh_hazard_btf"
+	sockhopVarShPodstBtf       = "sh_podst_btf"
 	sockhopVarShProxyUids      = "sh_proxy_uids"
 	sockhopVarShRxBtf          = "sh_rx_btf"
 	sockhopVarShSmallLimit     = "sh_small_limit"
@@ -223,6 +253,7 @@ type sockhopMapSpecs struct {
 	SockhopPending *ebpf.MapSpec `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.MapSpec `ebpf:"sockhop_podips"`
 	SockhopPods    *ebpf.MapSpec `ebpf:"sockhop_pods"`
+	SockhopPodst   *ebpf.MapSpec `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.MapSpec `ebpf:"sockhop_rx"`
 	SockhopSocks   *ebpf.MapSpec `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.MapSpec `ebpf:"sockhop_state"`
@@ -239,6 +270,7 @@ type sockhopVariableSpecs struct {
 	ShBacklogLimit *ebpf.VariableSpec `ebpf:"sh_backlog_limit"`
 	ShGuard        *ebpf.VariableSpec `ebpf:"sh_guard"`
 	ShHazardBtf    *ebpf.VariableSpec `ebpf:"sh_hazard_btf"`
+	ShPodstBtf     *ebpf.VariableSpec `ebpf:"sh_podst_btf"`
 	ShProxyUids    *ebpf.VariableSpec `ebpf:"sh_proxy_uids"`
 	ShRxBtf        *ebpf.VariableSpec `ebpf:"sh_rx_btf"`
 	ShSmallLimit   *ebpf.VariableSpec `ebpf:"sh_small_limit"`
@@ -272,6 +304,7 @@ type sockhopMaps struct {
 	SockhopPending *ebpf.Map `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.Map `ebpf:"sockhop_podips"`
 	SockhopPods    *ebpf.Map `ebpf:"sockhop_pods"`
+	SockhopPodst   *ebpf.Map `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.Map `ebpf:"sockhop_rx"`
 	SockhopSocks   *ebpf.Map `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.Map `ebpf:"sockhop_state"`
@@ -287,6 +320,7 @@ func (m *sockhopMaps) Close() error {
 		m.SockhopPending,
 		m.SockhopPodips,
 		m.SockhopPods,
+		m.SockhopPodst,
 		m.SockhopRx,
 		m.SockhopSocks,
 		m.SockhopState,
@@ -304,6 +338,7 @@ type sockhopVariables struct {
 	ShBacklogLimit *ebpf.Variable `ebpf:"sh_backlog_limit"`
 	ShGuard        *ebpf.Variable `ebpf:"sh_guard"`
 	ShHazardBtf    *ebpf.Variable `ebpf:"sh_hazard_btf"`
+	ShPodstBtf     *ebpf.Variable `ebpf:"sh_podst_btf"`
 	ShProxyUids    *ebpf.Variable `ebpf:"sh_proxy_uids"`
 	ShRxBtf        *ebpf.Variable `ebpf:"sh_rx_btf"`
 	ShSmallLimit   *ebpf.Variable `ebpf:"sh_small_limit"`
