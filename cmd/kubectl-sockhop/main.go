@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 )
@@ -25,22 +26,12 @@ func main() {
 		return
 	}
 	fmt.Fprintf(os.Stderr, "Error: %v\n", err)
-	var ue *usageError
+	var ue *cliout.UsageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", c.CommandPath())
 		os.Exit(2)
 	}
 	os.Exit(1)
-}
-
-// usageError is a command line the plugin cannot act on: exit code 2.
-type usageError struct{ err error }
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-func usageErrorf(format string, a ...any) error {
-	return &usageError{err: fmt.Errorf(format, a...)}
 }
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -63,7 +54,7 @@ namespace); every other kubeconfig flag is kubectl's.`,
 		SilenceErrors: true,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageErrorf("unknown command %q for %q", args[0], cmd.CommandPath())
+				return cliout.Usagef("unknown command %q for %q", args[0], cmd.CommandPath())
 			}
 			return nil
 		},
@@ -71,7 +62,7 @@ namespace); every other kubeconfig flag is kubectl's.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err: err} })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &cliout.UsageError{Err: err} })
 	root.CompletionOptions.DisableDefaultCmd = true
 	c.flags.AddFlags(root.PersistentFlags())
 	root.PersistentFlags().StringVarP(&c.selector, "selector", "l", defaultSelector, "label selector of the agent pods")
@@ -82,7 +73,7 @@ namespace); every other kubeconfig flag is kubectl's.`,
 // noArgs is cobra.NoArgs with a usage error.
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
-		return usageErrorf("%s takes no arguments, got %q", cmd.CommandPath(), args)
+		return cliout.Usagef("%s takes no arguments, got %q", cmd.CommandPath(), args)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/sockhop/sockhop/controllers"
+	"github.com/sockhop/sockhop/pkg/cliout"
 )
 
 // TestAgreesWithAgent checks the plugin's copy of the agent's rule and
@@ -223,7 +224,7 @@ func TestUsage(t *testing.T) {
 	var out, errOut bytes.Buffer
 	cmd := newRootCommand(&out, &errOut)
 	cmd.SetArgs([]string{"status", "-o", "xml"})
-	var ue *usageError
+	var ue *cliout.UsageError
 	if _, err := cmd.ExecuteC(); err == nil || !errors.As(err, &ue) {
 		t.Errorf("-o xml: err = %v, want a usage error", err)
 	}

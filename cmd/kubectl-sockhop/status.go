@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -172,7 +173,7 @@ It reads what the agents know by running 'sockhop status -o json' in each agent 
   kubectl sockhop status -o json --context prod`,
 		Args: noArgs,
 	}
-	validate := outputFlag(cmd, &output, "table", "wide", "json", "yaml")
+	validate := cliout.OutputFlag(cmd, &output, "table", "wide", "json", "yaml")
 	cmd.Flags().BoolVar(&pods, "pods", false, "also list the opted-in pods, each with what the agent reported for it")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := validate(); err != nil {
@@ -509,7 +510,7 @@ func summary(rows []nodeRow) string {
 		trips += r.GuardTrips
 	}
 	return fmt.Sprintf("%d node(s), %d agent(s) ready; %d of %d opted-in pod(s) accelerated; %s redirected, %s of paired sockets over TCP; %d guard trip(s)",
-		len(rows), ready, accel, opted, bytesText(redir), bytesText(tcp), trips)
+		len(rows), ready, accel, opted, cliout.Bytes(redir), cliout.Bytes(tcp), trips)
 }
 
 func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error {
@@ -527,7 +528,7 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 		return err
 	}
 	wide := output == "wide"
-	tw := newTable(w)
+	tw := cliout.NewTable(w)
 	head := "NODE\tAGENT\tRECEIVERS\tPODS\tREDIRECTED\tTCP\tPASSTHROUGH\tMAP FILL\tMAP ERRORS\tGUARD TRIPS\tHAZARDS SEEN"
 	if wide {
 		head += "\tAGENT POD\tRESTARTS\tPROGRAMS\tBOUND\tIMAGE"
@@ -536,21 +537,21 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 	for _, r := range st.Nodes {
 		agent := "ready"
 		if !r.Ready {
-			agent = "not ready: " + dash(r.NotReady)
+			agent = "not ready: " + cliout.Dash(r.NotReady)
 		}
 		if r.StatusError != "" && r.Agent != "" {
 			agent += " (status: " + r.StatusError + ")"
 		}
-		hazards := countsText(map[string]uint64{"unsafe": r.UnsafeReceivers, "stranded": r.Stranded})
-		line := fmt.Sprintf("%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s", r.Node, agent, dash(r.Receivers),
-			r.PodsAccelerated, r.PodsOptedIn, bytesText(r.RedirectedBytes), bytesText(r.TCPBytes),
-			countsText(r.Passthrough), fullest(r.Maps), countsText(r.MapErrors), r.GuardTrips, hazards)
+		hazards := cliout.Counts(map[string]uint64{"unsafe": r.UnsafeReceivers, "stranded": r.Stranded}, "-")
+		line := fmt.Sprintf("%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s", r.Node, agent, cliout.Dash(r.Receivers),
+			r.PodsAccelerated, r.PodsOptedIn, cliout.Bytes(r.RedirectedBytes), cliout.Bytes(r.TCPBytes),
+			cliout.Counts(r.Passthrough, "-"), fullest(r.Maps), cliout.Counts(r.MapErrors, "-"), r.GuardTrips, hazards)
 		if wide {
 			bound := "none"
 			if r.BacklogLimit > 0 {
-				bound = bytesText(uint64(r.BacklogLimit))
+				bound = cliout.Bytes(uint64(r.BacklogLimit))
 			}
-			line += fmt.Sprintf("\t%s\t%d\t%s\t%s\t%s", dash(r.Agent), r.Restarts, dash(r.Programs), bound, dash(r.Image))
+			line += fmt.Sprintf("\t%s\t%d\t%s\t%s\t%s", cliout.Dash(r.Agent), r.Restarts, cliout.Dash(r.Programs), bound, cliout.Dash(r.Image))
 		}
 		fmt.Fprintln(tw, line)
 	}
@@ -562,20 +563,20 @@ func writeStatus(w io.Writer, st *clusterStatus, output string, pods bool) error
 		return nil
 	}
 	fmt.Fprintln(w)
-	tw = newTable(w)
+	tw = cliout.NewTable(w)
 	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tACCELERATED\tCONNECTIONS\tDIRECTIONS REDIRECTED\tON TCP FOR GOOD\tNOT PAIRED\tEXCLUDED PORTS\tLAST EVENT")
 	for _, p := range st.Pods {
 		conns, redirected, onTCP, unpaired := "-", "-", "-", "-"
 		if s := p.Stats; s != nil {
 			conns, redirected = fmt.Sprint(s.Connections), fmt.Sprintf("%d of %d", s.Redirected, s.Directions)
-			onTCP, unpaired = countsText(s.OnTCP), countsText(s.Unpaired)
+			onTCP, unpaired = cliout.Counts(s.OnTCP, "-"), cliout.Counts(s.Unpaired, "-")
 		}
 		ev := "-"
 		if p.EventReason != "" || p.EventMessage != "" {
 			ev = strings.TrimSpace(p.EventReason + ": " + p.EventMessage)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Pod, p.Node, yesNo(p.Accelerated),
-			conns, redirected, onTCP, unpaired, portsText(p.ExcludePorts), ev)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Pod, p.Node, cliout.YesNo(p.Accelerated),
+			conns, redirected, onTCP, unpaired, cliout.Ports(p.ExcludePorts), ev)
 	}
 	return tw.Flush()
 }

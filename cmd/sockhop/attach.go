@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/cgroups/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
@@ -38,17 +39,17 @@ func (f *loadFlags) register(cmd *cobra.Command) {
 func (f *loadFlags) options(pinDir string) (datapath.Options, error) {
 	opts := datapath.Options{PinDir: pinDir, AppReceivers: f.appReceivers, BacklogLimit: f.backlogLimit}
 	if len(f.proxyUIDs) > 4 {
-		return opts, usageErrorf("--proxy-uids: at most 4 uids, got %d", len(f.proxyUIDs))
+		return opts, cliout.Usagef("--proxy-uids: at most 4 uids, got %d", len(f.proxyUIDs))
 	}
 	opts.ProxyUIDs = []uint32{}
 	for _, u := range f.proxyUIDs {
 		if u >= 1<<32-1 {
-			return opts, usageErrorf("--proxy-uids: %d is not a uid", u)
+			return opts, cliout.Usagef("--proxy-uids: %d is not a uid", u)
 		}
 		opts.ProxyUIDs = append(opts.ProxyUIDs, uint32(u))
 	}
 	if f.backlogLimit == 0 || f.backlogLimit < -1 {
-		return opts, usageErrorf("--backlog-limit must be positive or -1 (unbounded), got %d", f.backlogLimit)
+		return opts, cliout.Usagef("--backlog-limit must be positive or -1 (unbounded), got %d", f.backlogLimit)
 	}
 	return opts, nil
 }
@@ -91,7 +92,7 @@ sockops program would run twice for each of its connections.`,
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		excl, err := datapath.ParsePorts(ports)
 		if err != nil {
-			return &usageError{err: fmt.Errorf("--exclude-ports: %w", err)}
+			return &cliout.UsageError{Err: fmt.Errorf("--exclude-ports: %w", err)}
 		}
 		opts, err := lf.options(g.pinDir)
 		if err != nil {
@@ -117,7 +118,7 @@ sockops program would run twice for each of its connections.`,
 		if err := dp.Attach(dir, datapath.PodConfig{ExcludePorts: excl}); err != nil {
 			return err
 		}
-		fmt.Fprintf(g.stdout, "attached %s (excluded ports: %s)\n", dir, portsText(excl))
+		fmt.Fprintf(g.stdout, "attached %s (excluded ports: %s)\n", dir, cliout.Ports(excl))
 		return nil
 	}
 	return cmd
@@ -141,11 +142,11 @@ as it is and never installs one.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			switch {
 			case len(args) == 1 && cmd.Flags().Changed("id"):
-				return usageErrorf("give either CGROUP or --id, not both")
+				return cliout.Usagef("give either CGROUP or --id, not both")
 			case len(args) == 0 && !cmd.Flags().Changed("id"):
-				return usageErrorf("detach needs a CGROUP or --id")
+				return cliout.Usagef("detach needs a CGROUP or --id")
 			case len(args) > 1:
-				return usageErrorf("detach takes one CGROUP, got %d", len(args))
+				return cliout.Usagef("detach takes one CGROUP, got %d", len(args))
 			}
 			return nil
 		},
@@ -187,7 +188,7 @@ as it is and never installs one.`,
 		if err := dp.DetachID(target.CgroupID); err != nil {
 			return err
 		}
-		fmt.Fprintf(g.stdout, "detached %s (cgroup id %d)\n", dash(target.CgroupPath), target.CgroupID)
+		fmt.Fprintf(g.stdout, "detached %s (cgroup id %d)\n", cliout.Dash(target.CgroupPath), target.CgroupID)
 		return nil
 	}
 	return cmd
@@ -260,7 +261,7 @@ attaches the pods again.`,
 			if n >= 0 {
 				fmt.Fprintf(g.stderr, "This detaches %d cgroup(s) and removes every pin in %s.\n", n, g.pinDir)
 			}
-			return usageErrorf("refusing to uninstall without --yes")
+			return cliout.Usagef("refusing to uninstall without --yes")
 		}
 		if err := datapath.Uninstall(g.pinDir); err != nil {
 			return fmt.Errorf("uninstall: %w", err)
@@ -291,7 +292,7 @@ func cgroupPath(arg string) (string, error) {
 func cgroupPathUnder(mount, arg string) (string, error) {
 	p := filepath.Join(mount, arg)
 	if p != mount && !strings.HasPrefix(p, mount+"/") {
-		return "", usageErrorf("cgroup %q leaves the cgroup v2 hierarchy %s", arg, mount)
+		return "", cliout.Usagef("cgroup %q leaves the cgroup v2 hierarchy %s", arg, mount)
 	}
 	return p, nil
 }

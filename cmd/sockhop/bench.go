@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sockhop/sockhop/pkg/bench"
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/plot"
 )
 
@@ -44,7 +45,7 @@ pod. Other work on the node skews both modes alike but widens the spread.`,
   sockhop bench --cases pingpong-1cpu,bulk-2cpu -o markdown`,
 		Args: noArgs,
 	}
-	validate := outputFlag(cmd, &output, formatTable, formatJSON, formatMarkdown)
+	validate := cliout.OutputFlag(cmd, &output, formatTable, formatJSON, formatMarkdown)
 	cmd.Flags().BoolVar(&quick, "quick", false, "few iterations, one round per mode: checks that everything works in seconds; not a measurement")
 	cmd.Flags().IntVar(&rounds, "rounds", 0, "rounds per mode (default 3, 1 with --quick)")
 	cmd.Flags().StringSliceVar(&cases, "cases", nil, "run only these cases, or cases starting with these prefixes (see --list)")
@@ -64,13 +65,13 @@ pod. Other work on the node skews both modes alike but widens the spread.`,
 			return err
 		}
 		if rounds < 0 {
-			return usageErrorf("--rounds must not be negative")
+			return cliout.Usagef("--rounds must not be negative")
 		}
 		if plotFile != "" {
 			switch strings.ToLower(filepath.Ext(plotFile)) {
 			case ".png", ".svg", ".pdf":
 			default:
-				return usageErrorf("--plot %s: the file must end in .png, .svg or .pdf", plotFile)
+				return cliout.Usagef("--plot %s: the file must end in .png, .svg or .pdf", plotFile)
 			}
 		}
 		if os.Geteuid() != 0 {
@@ -91,7 +92,7 @@ pod. Other work on the node skews both modes alike but widens the spread.`,
 		var err error
 		switch output {
 		case formatJSON:
-			err = writeJSON(g.stdout, rep)
+			err = cliout.WriteJSON(g.stdout, rep)
 		case formatMarkdown:
 			_, err = io.WriteString(g.stdout, rep.Markdown())
 		default:
@@ -133,7 +134,7 @@ func checkCaseFilters(filters, ids []string) error {
 			}
 		}
 		if !ok {
-			return usageErrorf("--cases: %q selects no case (see 'sockhop bench --list')", f)
+			return cliout.Usagef("--cases: %q selects no case (see 'sockhop bench --list')", f)
 		}
 	}
 	return nil
@@ -152,7 +153,7 @@ func renderBench(w io.Writer, rep bench.Report) error {
 	fmt.Fprintf(w, "Linux %s, %d CPUs, load %.2f before / %.2f after; %s, %s per mode, %s\n\n",
 		rep.Machine.Kernel, rep.Machine.CPUs, rep.Machine.LoadBefore, rep.Machine.LoadAfter, kind, rounds,
 		rep.Duration.Round(1e9))
-	tw := newTable(w)
+	tw := cliout.NewTable(w)
 	fmt.Fprintln(tw, "CASE\tMETRIC\tOFF\tON\tRATIO\tREDIRECTED (ON)\tLEFT ON TCP (ON)")
 	for _, c := range rep.Cases {
 		if c.Error != "" {
@@ -163,7 +164,7 @@ func renderBench(w io.Writer, rep bench.Report) error {
 		for i, m := range c.Metrics {
 			redir, pass := "", ""
 			if i == 0 {
-				redir, pass = bytesText(on.RedirectedBytes), countsText(on.Passthrough)
+				redir, pass = cliout.Bytes(on.RedirectedBytes), cliout.Counts(on.Passthrough, "none")
 			}
 			fmt.Fprintf(tw, "%s\t%s (%s)\t%s\t%s\t%.2f×\t%s\t%s\n", c.ID, m.Name, unitText(m.Unit),
 				plot.Value(m.Off), plot.Value(m.On), m.Ratio, redir, pass)

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
@@ -94,7 +95,7 @@ sockhop cannot accelerate here and traffic stays on TCP.`,
   sockhop doctor -o json`,
 		Args: noArgs,
 	}
-	validate := outputFlag(cmd, &output, formatTable, formatJSON)
+	validate := cliout.OutputFlag(cmd, &output, formatTable, formatJSON)
 	cmd.Flags().BoolVar(&skipSelfTest, "skip-self-test", false,
 		"skip the hazard self-test (it loads an unpinned sk_msg program in a throwaway network namespace for about a second)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -108,7 +109,7 @@ sockhop cannot accelerate here and traffic stays on TCP.`,
 		rep := evaluateDoctor(in)
 		var err error
 		if output == formatJSON {
-			err = writeJSON(g.stdout, rep)
+			err = cliout.WriteJSON(g.stdout, rep)
 		} else {
 			err = renderDoctor(g.stdout, rep)
 		}
@@ -309,7 +310,7 @@ func evaluateCaps(capEff uint64) (level, detail, hint string) {
 	}{{capBPF, "CAP_BPF"}, {capNetAdmin, "CAP_NET_ADMIN"}, {capPerfmon, "CAP_PERFMON"}, {capSysAdmin, "CAP_SYS_ADMIN"}}
 	var parts []string
 	for _, n := range names {
-		parts = append(parts, n.name+"="+yesNo(has(n.c)))
+		parts = append(parts, n.name+"="+cliout.YesNo(has(n.c)))
 	}
 	detail = strings.Join(parts, " ")
 	sys := has(capSysAdmin)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
@@ -40,7 +41,7 @@ func execute(cmd *cobra.Command, stderr io.Writer) error {
 	if err == nil {
 		return nil
 	}
-	var ue *usageError
+	var ue *cliout.UsageError
 	if !errors.Is(err, errReported) {
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 	}
@@ -57,8 +58,15 @@ const (
 	exitUsage   = 2
 )
 
+// Output formats of -o.
+const (
+	formatTable    = "table"
+	formatJSON     = "json"
+	formatMarkdown = "markdown"
+)
+
 func exitCode(err error) int {
-	var ue *usageError
+	var ue *cliout.UsageError
 	switch {
 	case err == nil:
 		return exitOK
@@ -67,16 +75,6 @@ func exitCode(err error) int {
 	default:
 		return exitFailure
 	}
-}
-
-// usageError is a command line the CLI cannot act on: exit code 2.
-type usageError struct{ err error }
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-func usageErrorf(format string, a ...any) error {
-	return &usageError{err: fmt.Errorf(format, a...)}
 }
 
 // errReported is returned by commands that already printed why they fail
@@ -104,7 +102,7 @@ datapath on the node it runs on (or inside the agent pod).`,
 		// without Run as a request for help and exits 0.
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageErrorf("unknown command %q for %q", args[0], cmd.CommandPath())
+				return cliout.Usagef("unknown command %q for %q", args[0], cmd.CommandPath())
 			}
 			return nil
 		},
@@ -112,7 +110,7 @@ datapath on the node it runs on (or inside the agent pod).`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err: err} })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &cliout.UsageError{Err: err} })
 	root.PersistentFlags().StringVar(&g.pinDir, "bpffs-dir", datapath.DefaultPinDir,
 		"bpffs directory holding sockhop's pinned maps and links")
 	root.CompletionOptions.DisableDefaultCmd = true
@@ -133,7 +131,7 @@ datapath on the node it runs on (or inside the agent pod).`,
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usageErrorf("%s takes %d argument (%s), got %d", cmd.CommandPath(), n, what, len(args))
+			return cliout.Usagef("%s takes %d argument (%s), got %d", cmd.CommandPath(), n, what, len(args))
 		}
 		return nil
 	}
@@ -142,7 +140,7 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 // noArgs is cobra.NoArgs with a usage error.
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
-		return usageErrorf("%s takes no arguments, got %q", cmd.CommandPath(), args)
+		return cliout.Usagef("%s takes no arguments, got %q", cmd.CommandPath(), args)
 	}
 	return nil
 }

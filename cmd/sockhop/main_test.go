@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
 
@@ -82,7 +83,7 @@ func TestExitCodes(t *testing.T) {
 }
 
 func TestExitCodeOfWrappedErrors(t *testing.T) {
-	if got := exitCode(errors.Join(errors.New("x"), usageErrorf("y"))); got != exitUsage {
+	if got := exitCode(errors.Join(errors.New("x"), cliout.Usagef("y"))); got != exitUsage {
 		t.Fatalf("a wrapped usage error gives %d", got)
 	}
 	if got := exitCode(errReported); got != exitFailure {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sockhop/sockhop/pkg/bench"
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
@@ -143,7 +144,7 @@ func TestStatusJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	var b bytes.Buffer
-	if err := writeJSON(&b, rep); err != nil {
+	if err := cliout.WriteJSON(&b, rep); err != nil {
 		t.Fatal(err)
 	}
 	var got struct {
@@ -192,7 +193,7 @@ func TestStatusJSON(t *testing.T) {
 	}
 	empty, _ := collectStatus("/pins", source{})
 	b.Reset()
-	writeJSON(&b, empty)
+	cliout.WriteJSON(&b, empty)
 	if !strings.Contains(b.String(), `"attachments": []`) {
 		t.Fatalf("no attachments must be an empty list, not null: %s", b.String())
 	}
@@ -472,7 +473,7 @@ func TestDoctorRendering(t *testing.T) {
 		}
 	}
 	b.Reset()
-	writeJSON(&b, rep)
+	cliout.WriteJSON(&b, rep)
 	var got doctorReport
 	if err := json.Unmarshal(b.Bytes(), &got); err != nil || got.OK || len(got.Lines) != len(rep.Lines) {
 		t.Fatalf("doctor JSON: %v %s", err, b.String())
@@ -505,8 +506,8 @@ func TestBenchTable(t *testing.T) {
 
 func TestBytesText(t *testing.T) {
 	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 3 << 20: "3.0 MiB", 5 << 30: "5.0 GiB"} {
-		if got := bytesText(n); got != want {
-			t.Errorf("bytesText(%d) = %q, want %q", n, got, want)
+		if got := cliout.Bytes(n); got != want {
+			t.Errorf("cliout.Bytes(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sockhop/sockhop/pkg/cgroup"
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
@@ -42,7 +43,7 @@ inside the agent pod.`,
   sockhop status --bpffs-dir /sys/fs/bpf/sockhop`,
 		Args: noArgs,
 	}
-	validate := outputFlag(cmd, &output, formatTable, formatJSON)
+	validate := cliout.OutputFlag(cmd, &output, formatTable, formatJSON)
 	cmd.Flags().BoolVar(&skipSelfTest, "skip-self-test", false, "do not run the hazard self-test")
 	cmd.Flags().BoolVar(&pods, "pods", false, "also show, per attached pod, what was accelerated and what stayed on TCP")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -77,7 +78,7 @@ inside the agent pod.`,
 			}
 		}
 		if output == formatJSON {
-			return writeJSON(g.stdout, rep)
+			return cliout.WriteJSON(g.stdout, rep)
 		}
 		if err := renderStatus(g.stdout, rep); err != nil {
 			return err
@@ -256,15 +257,15 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 func renderStatus(w io.Writer, rep statusReport) error {
 	dp := rep.Datapath
 	fmt.Fprintf(w, "DATAPATH (pins in %s)\n", rep.PinDir)
-	tw := newTable(w)
-	fmt.Fprintf(tw, "  programs\tsockops %s, sk_msg %s\n", dash(dp.SockopsTag), dash(dp.MsgTag))
+	tw := cliout.NewTable(w)
+	fmt.Fprintf(tw, "  programs\tsockops %s, sk_msg %s\n", cliout.Dash(dp.SockopsTag), cliout.Dash(dp.MsgTag))
 	if dp.AppReceivers {
 		fmt.Fprintf(tw, "  receivers\tany socket seen reading with recvmsg; never a splicer or MSG_WAITALL reader (guarded)\n")
 	} else {
 		fmt.Fprintf(tw, "  receivers\tsockets of proxy uids %v seen reading with recvmsg; never a splicer or MSG_WAITALL reader (guarded)\n", dp.ProxyUIDs)
 	}
 	if dp.BacklogLimit > 0 {
-		fmt.Fprintf(tw, "  back-pressure bound\t%s unread per receiver (guarded)\n", bytesText(uint64(dp.BacklogLimit)))
+		fmt.Fprintf(tw, "  back-pressure bound\t%s unread per receiver (guarded)\n", cliout.Bytes(uint64(dp.BacklogLimit)))
 	} else {
 		fmt.Fprintf(tw, "  back-pressure bound\tnone (unguarded)\n")
 	}
@@ -272,7 +273,7 @@ func renderStatus(w io.Writer, rep statusReport) error {
 		return err
 	}
 	fmt.Fprintln(w)
-	tw = newTable(w)
+	tw = cliout.NewTable(w)
 	fmt.Fprintf(tw, "ATTACHED CGROUPS: %d (pins in %s)\n", len(rep.Attachments), rep.PinDir)
 	if len(rep.Attachments) > 0 {
 		fmt.Fprintln(tw, "CGROUP\tCGROUP ID\tLIVE\tPOD UID\tQOS\tEXCLUDED PORTS")
@@ -281,8 +282,8 @@ func renderStatus(w io.Writer, rep statusReport) error {
 			if path == "" {
 				path = "(unknown: no pod entry)"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", path, a.CgroupID, yesNo(a.Live),
-				dash(a.PodUID), dash(a.QOSClass), portsText(a.ExcludePorts))
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", path, a.CgroupID, cliout.YesNo(a.Live),
+				cliout.Dash(a.PodUID), cliout.Dash(a.QOSClass), cliout.Ports(a.ExcludePorts))
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -294,7 +295,7 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	c := rep.Counters
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "COUNTERS (since the datapath was first loaded)")
-	tw = newTable(w)
+	tw = cliout.NewTable(w)
 	fmt.Fprintf(tw, "  sockets in the sockhash now\t%d\n", rep.SocketsInMap)
 	for _, m := range rep.Maps {
 		pct := 0.0
@@ -304,14 +305,14 @@ func renderStatus(w io.Writer, rep statusReport) error {
 		fmt.Fprintf(tw, "  map %s\t%d of %d entries (%.0f%%)\n", m.Name, m.Entries, m.Capacity, pct)
 	}
 	fmt.Fprintf(tw, "  paired sockets\t%d\n", c.PairedSockets)
-	fmt.Fprintf(tw, "  redirected\t%d messages, %s\n", c.RedirectedMessages, bytesText(c.RedirectedBytes))
-	fmt.Fprintf(tw, "  paired sockets' sends through TCP\t%d messages, %s\n", c.TCPMessages, bytesText(c.TCPBytes))
+	fmt.Fprintf(tw, "  redirected\t%d messages, %s\n", c.RedirectedMessages, cliout.Bytes(c.RedirectedBytes))
+	fmt.Fprintf(tw, "  paired sockets' sends through TCP\t%d messages, %s\n", c.TCPMessages, cliout.Bytes(c.TCPBytes))
 	fmt.Fprintf(tw, "  directions switched to redirect\t%d\n", c.Switches)
 	fmt.Fprintf(tw, "  sockets retired to plain TCP\t%d (their sends on TCP for good)\n", c.Retired)
 	fmt.Fprintf(tw, "  receivers seen splicing or waiting for all\t%d (%d with redirected bytes unread, %d directions kept on redirect for them)\n",
 		c.UnsafeReceivers, c.Stranded, c.Poisoned)
-	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", countsText(c.Passthrough))
-	fmt.Fprintf(tw, "  failed map operations\t%s\n", countsText(c.MapErrors))
+	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", cliout.Counts(c.Passthrough, "none"))
+	fmt.Fprintf(tw, "  failed map operations\t%s\n", cliout.Counts(c.MapErrors, "none"))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -323,7 +324,7 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	if rep.HazardsError != "" {
 		fmt.Fprintf(w, "  self-test: %s\n", rep.HazardsError)
 	}
-	tw = newTable(w)
+	tw = cliout.NewTable(w)
 	for _, h := range rep.Hazards {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", h.Hazard, h.Status, h.Detail)
 	}
@@ -355,7 +356,7 @@ func renderPrograms(w io.Writer, progs []programView) error {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "PROGRAMS IN THE KERNEL: %d not installed, held by connections paired before an upgrade or uninstall (they go when those close)\n", held)
-	tw := newTable(w)
+	tw := cliout.NewTable(w)
 	fmt.Fprintln(tw, "ID\tNAME\tTAG\tRUNS FOR")
 	for _, p := range progs {
 		runs := "connections paired before an upgrade or uninstall"
@@ -372,12 +373,12 @@ func renderPrograms(w io.Writer, progs []programView) error {
 func renderPods(w io.Writer, rep statusReport) error {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "PODS (since each was attached)")
-	tw := newTable(w)
+	tw := cliout.NewTable(w)
 	fmt.Fprintln(tw, "POD UID\tCGROUP ID\tCONNECTIONS\tDIRECTIONS REDIRECTED\tON TCP FOR GOOD\tNOT PAIRED\tRETIRED")
 	for _, a := range rep.Attachments {
 		id := a.PodUID
 		if id == "" {
-			id = dash(a.Cgroup)
+			id = cliout.Dash(a.Cgroup)
 		}
 		if a.Stats == nil {
 			fmt.Fprintf(tw, "%s\t%d\t-\t-\t-\t-\t-\n", id, a.CgroupID)
@@ -385,14 +386,7 @@ func renderPods(w io.Writer, rep statusReport) error {
 		}
 		st := a.Stats
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d of %d\t%s\t%s\t%d\n", id, a.CgroupID, st.Connections, st.Redirected, st.Directions,
-			countsText(st.OnTCP), countsText(st.Unpaired), st.Retired)
+			cliout.Counts(st.OnTCP, "none"), cliout.Counts(st.Unpaired, "none"), st.Retired)
 	}
 	return tw.Flush()
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/spf13/cobra"
 )
 
@@ -44,14 +45,14 @@ func newVersionCommand(g *globalOptions) *cobra.Command {
 		Short: "Print the version of this sockhop binary",
 		Args:  noArgs,
 	}
-	validate := outputFlag(cmd, &output, formatTable, formatJSON)
+	validate := cliout.OutputFlag(cmd, &output, formatTable, formatJSON)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := validate(); err != nil {
 			return err
 		}
 		v := currentVersion()
 		if output == formatJSON {
-			return writeJSON(g.stdout, v)
+			return cliout.WriteJSON(g.stdout, v)
 		}
 		commit := v.Commit
 		if commit == "" {
