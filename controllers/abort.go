@@ -54,22 +54,10 @@ func (a *StrandAborter) NeedLeaderElection() bool { return false }
 
 // Start runs until ctx ends.
 func (a *StrandAborter) Start(ctx context.Context) error {
-	period := a.Period
-	if period == 0 {
-		period = DefaultAbortPeriod
-	}
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if _, err := a.Abort(ctx); err != nil {
-				log.FromContext(ctx).Error(err, "abort stranded receivers")
-			}
-		}
-	}
+	return every(ctx, a.Period, DefaultAbortPeriod, "abort stranded receivers", func(ctx context.Context) error {
+		_, err := a.Abort(ctx)
+		return err
+	})
 }
 
 // Abort handles the stranded receivers recorded since the last call, one

@@ -54,22 +54,7 @@ func (h *HazardReporter) NeedLeaderElection() bool { return false }
 
 // Start runs until ctx ends.
 func (h *HazardReporter) Start(ctx context.Context) error {
-	period := h.Period
-	if period == 0 {
-		period = DefaultHazardPeriod
-	}
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := h.Report(ctx); err != nil {
-				log.FromContext(ctx).Error(err, "report learnt hazards")
-			}
-		}
-	}
+	return every(ctx, h.Period, DefaultHazardPeriod, "report learnt hazards", h.Report)
 }
 
 // Report emits the Events for hazards learnt since the last call, and logs

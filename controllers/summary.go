@@ -7,7 +7,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
@@ -87,25 +86,7 @@ func (s *PodSummaryReporter) NeedLeaderElection() bool { return false }
 
 // Start runs until ctx ends.
 func (s *PodSummaryReporter) Start(ctx context.Context) error {
-	t := time.NewTicker(orDefault(s.Period, DefaultSummaryPeriod))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := s.Report(ctx); err != nil {
-				log.FromContext(ctx).Error(err, "report per-pod summaries")
-			}
-		}
-	}
-}
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d == 0 {
-		return def
-	}
-	return d
+	return every(ctx, s.Period, DefaultSummaryPeriod, "report per-pod summaries", s.Report)
 }
 
 // Report emits the summaries that are due.
