@@ -446,7 +446,7 @@ func TestHazardTCPInfo(t *testing.T) {
 // Rounds alternate the configurations; each figure is the median of the
 // rounds' p50s. Run: go test -run '^$' -bench GuardCost -benchtime 1x ./pkg/datapath
 func BenchmarkGuardCost(b *testing.B) {
-	requireRoot(b)
+	requireKernel(b)
 	configs := []struct {
 		name   string
 		opts   datapath.Options
@@ -524,7 +524,7 @@ func BenchmarkGuardCost(b *testing.B) {
 // tracepoints), and with NoSyscallGuard. Run: go test -run '^$' -bench
 // NodeSyscallCost ./pkg/datapath
 func BenchmarkNodeSyscallCost(b *testing.B) {
-	requireRoot(b)
+	requireKernel(b)
 	loop := func(b *testing.B) {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
