@@ -28,7 +28,9 @@ func requireRoot(t testing.TB) {
 // requireKernel is requireRoot on a kernel that can run sockhop: where
 // Probe names a missing feature the test is skipped with it (failed in CI,
 // whose host kernel must run everything). TestUnsupportedKernel checks what
-// sockhop does on such a kernel instead.
+// sockhop does on such a kernel instead. newEnv calls it; a test whose
+// subtests make the env calls it first too, so that it is reported skipped,
+// not passed with every subtest skipped.
 func requireKernel(t testing.TB) {
 	t.Helper()
 	requireRoot(t)

@@ -188,6 +188,7 @@ func receivers(t *testing.T, fn func(t *testing.T, uid int)) {
 // server behind the outbound sidecar: app → proxy and proxy → app on both
 // of its connections.
 func TestHazardRelaySplice(t *testing.T) {
+	requireKernel(t)
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, true)
 		s.server(s.client, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:9000"}, Seed: 31})
@@ -214,6 +215,7 @@ func TestHazardRelaySplice(t *testing.T) {
 
 // (b) An application that reads with splice(2) into a pipe.
 func TestHazardSplice(t *testing.T) {
+	requireKernel(t)
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, false)
 		reader := s.container(s.app, "reader")
@@ -237,6 +239,7 @@ func TestHazardSplice(t *testing.T) {
 // while the client writes 1 B to 64 KiB at a time: every read must return
 // exactly 100000 bytes until the last (the remainder), then EOF.
 func TestHazardWaitAll(t *testing.T) {
+	requireKernel(t)
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, false)
 		reader := s.container(s.app, "reader")
@@ -296,6 +299,7 @@ func (s *sidecarPod) hold(t *testing.T, what string, reader testbed.PeerSpec, re
 // at most the bound more than plain TCP lets it queue, then the reader
 // resumes and every byte arrives in order.
 func TestHazardBackpressure(t *testing.T) {
+	requireKernel(t)
 	opts := hazardOptions(t)
 	writer := func(target string) testbed.PeerSpec {
 		return testbed.PeerSpec{Mode: testbed.ModeHold, Target: target, Bytes: holdCap, MaxWrite: 64 << 10}

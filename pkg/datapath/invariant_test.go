@@ -594,6 +594,7 @@ func TestResizeUnderTraffic(t *testing.T) {
 // sockhash, so that its sends no longer run sk_msg (they are plain
 // tcp_sendmsg); every byte arrives in order.
 func TestBackpressureRetiresTheSender(t *testing.T) {
+	requireKernel(t)
 	for _, c := range []struct {
 		name  string
 		write int

@@ -119,6 +119,7 @@ func TestRedirectInbound(t *testing.T) {
 // forwards to B's app over loopback. Both hops pair, the first across
 // network namespaces, only while both pod IPs are in the set.
 func TestSidecarToSidecar(t *testing.T) {
+	requireKernel(t)
 	for _, fam := range []struct{ name, a, b, target string }{
 		{"ipv4", "198.18.0.1", "198.18.0.2", "198.18.0.2:8080"},
 		{"ipv6", "2001:db8::1", "2001:db8::2", "[2001:db8::2]:8080"},
