@@ -14,6 +14,40 @@
 
 function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s); return s }
 
+# skip records a skipped test by its reason without the "file_test.go:NN: "
+# it was logged at, so that tests skipped for one reason (every kernel test
+# on a kernel that cannot run sockhop) are listed as one group.
+function skip(pkg, name, reason,    key, i) {
+	key = reason; sub(/^[A-Za-z0-9_]+\.go:[0-9]+: /, "", key)
+	if ((pkg, key) in group) {
+		i = group[pkg, key]
+		gnames[pkg, i] = gnames[pkg, i] ", " name
+		gcount[pkg, i]++
+		return
+	}
+	i = ++ngroups[pkg]
+	group[pkg, key] = i
+	gkey[pkg, i] = key; gfull[pkg, i] = reason; gnames[pkg, i] = name; gcount[pkg, i] = 1
+}
+
+function print_skips(pkg,    i, n, names, line, k, w) {
+	for (i = 1; i <= ngroups[pkg]; i++) {
+		if (gcount[pkg, i] == 1) {
+			printf "    SKIP %s: %s\n", gnames[pkg, i], gfull[pkg, i]
+			continue
+		}
+		printf "    SKIP %d tests: %s\n", gcount[pkg, i], gkey[pkg, i]
+		n = split(gnames[pkg, i], names, ", ")
+		line = "      "
+		for (k = 1; k <= n; k++) {
+			w = names[k] (k < n ? "," : "")
+			if (length(line) + length(w) > 100 && line != "      ") { print line; line = "      " }
+			line = line (line == "      " ? "" : " ") w
+		}
+		print line
+	}
+}
+
 BEGIN { sec = ""; done = 0; doctor_rc = -1; ntests = 0 }
 
 { sub(/\r$/, "") }
@@ -67,7 +101,7 @@ sec == "test" {
 			fails[pkg] = fails[pkg] "\n    FAIL " name (name in lastlog ? ": " lastlog[name] : "")
 		} else {
 			if (top) nskip[pkg]++
-			skips[pkg] = skips[pkg] "\n    SKIP " name ": " (name in lastlog ? lastlog[name] : "(no reason given)")
+			skip(pkg, name, name in lastlog ? lastlog[name] : "(no reason given)")
 		}
 		next
 	}
@@ -97,7 +131,7 @@ END {
 		printf "  %-14s passed %3d  failed %3d  skipped %3d  (%s)%s\n", p, npass[p], nfail[p], nskip[p],
 			(p in dur ? dur[p] : "?"), extra
 		if (fails[p] != "") print substr(fails[p], 2)
-		if (skips[p] != "") print substr(skips[p], 2)
+		print_skips(p)
 		P += npass[p]; F += nfail[p]; S += nskip[p]
 	}
 	if (leftovers != "") {
