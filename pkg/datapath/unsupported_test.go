@@ -15,7 +15,7 @@ import (
 // On a kernel that cannot run sockhop (Probe names a missing feature, as on
 // Linux 6.1), the datapath fails open: Load and SelfTest return a
 // *FeatureError naming the first missing feature, a bpffs directory is
-// left as it was (no pin directory, no map), and no program stays loaded.
+// left as it was (no pin directory), and no program or map stays loaded.
 // The kernel matrix runs this on such a kernel; on one that runs sockhop
 // the other kernel tests cover Load, and this one skips.
 func TestUnsupportedKernel(t *testing.T) {
@@ -40,7 +40,7 @@ func TestUnsupportedKernel(t *testing.T) {
 	}
 	t.Logf("this kernel lacks %s", want.Feature)
 
-	progsBefore := programIDs(t)
+	progsBefore, mapsBefore := bpfObjects(t)
 	pinDir := "/sys/fs/bpf/sockhop-test-unsupported"
 	t.Cleanup(func() {
 		if err := datapath.Uninstall(pinDir); err != nil {
@@ -74,33 +74,40 @@ func TestUnsupportedKernel(t *testing.T) {
 	if _, err := datapath.SelfTest(ctx); !errors.Is(err, datapath.ErrNotSupported) {
 		t.Errorf("SelfTest: want an error wrapping ErrNotSupported, got %v", err)
 	}
-	// A closed program's ID goes once the kernel has freed it (deferred
-	// work): wait for that, briefly.
+	// A closed program's or map's ID goes once the kernel has freed it
+	// (deferred work): wait for that, briefly.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		after := programIDs(t)
-		if len(after) <= len(progsBefore) {
+		progs, maps := bpfObjects(t)
+		if progs <= progsBefore && maps <= mapsBefore {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("BPF programs: %d loaded before, %d after the failed loads: %v", len(progsBefore), len(after), after)
+			t.Errorf("BPF programs %d and maps %d before the failed loads, %d and %d after", progsBefore, mapsBefore, progs, maps)
 			break
 		}
 	}
 }
 
-// programIDs lists the BPF programs loaded in the kernel.
-func programIDs(t *testing.T) []ebpf.ProgramID {
+// bpfObjects counts the BPF programs and maps loaded in the kernel.
+func bpfObjects(t *testing.T) (progs, maps int) {
 	t.Helper()
-	var ids []ebpf.ProgramID
-	for id := ebpf.ProgramID(0); ; {
+	for id := ebpf.ProgramID(0); ; progs++ {
 		next, err := ebpf.ProgramGetNextID(id)
 		if errors.Is(err, os.ErrNotExist) {
-			return ids
-		}
-		if err != nil {
+			break
+		} else if err != nil {
 			t.Fatalf("list BPF programs: %v", err)
 		}
-		ids = append(ids, next)
 		id = next
 	}
+	for id := ebpf.MapID(0); ; maps++ {
+		next, err := ebpf.MapGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		} else if err != nil {
+			t.Fatalf("list BPF maps: %v", err)
+		}
+		id = next
+	}
+	return progs, maps
 }
