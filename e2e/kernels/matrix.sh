@@ -32,6 +32,7 @@
 #   SOCKHOP_KERNEL_TEST_COUNT    -test.count (default 1; more to hunt flakes)
 #   SOCKHOP_KERNEL_TEST_ENV  extra VAR=value words for the tests in the guest
 #                            (SOCKHOP_TEST_MIB is passed on when set)
+#   SOCKHOP_TEST_PATIENCE    factor for the tests' waits (default 4 under TCG)
 #   SOCKHOP_KERNEL_CACHE     package cache (default /var/cache/sockhop/kernels)
 #   SOCKHOP_KERNEL_OUT       logs of this run (default _output/kernels)
 #   SOCKHOP_KERNEL_ACCEL     auto (KVM where the CPU has vmx/svm), kvm or tcg
@@ -69,6 +70,18 @@ mem=${SOCKHOP_KERNEL_MEM:-8192}
 smp=${SOCKHOP_KERNEL_SMP:-2}
 lock=${SOCKHOP_QEMU_LOCK:-/tmp/sockhop-qemu.lock}
 tcg_thread=${SOCKHOP_KERNEL_TCG_THREAD:-single}
+
+# /dev/kvm alone is not enough: on a VM without vmx/svm it is a software
+# hypervisor that cannot run this guest.
+kvm_usable() { grep -Eqw 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; }
+# Under TCG the guest is several times slower: the tests' waits for what
+# must happen (a peer getting ready, bytes moving) scale by
+# SOCKHOP_TEST_PATIENCE (testbed.Patience), 4 unless set.
+patience=${SOCKHOP_TEST_PATIENCE:-}
+if [ -z "$patience" ] && { [ "$accel" = tcg ] || { [ "$accel" = auto ] && ! kvm_usable; }; }; then
+	patience=4
+fi
+[ -n "$patience" ] && test_env="SOCKHOP_TEST_PATIENCE=$patience $test_env"
 
 # Modules the tests use (veth pairs, iptables REDIRECT with the owner match,
 # ss's socket diagnostics, kTLS for the hazard checks), with what they need.
@@ -253,9 +266,7 @@ accel_args() {
 	kvm) echo "-accel kvm -cpu host" ;;
 	tcg) echo "-accel tcg,thread=$tcg_thread -cpu max" ;;
 	auto)
-		# /dev/kvm alone is not enough: on a VM without vmx/svm it is a
-		# software hypervisor that cannot run this guest.
-		if grep -Eqw 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then
+		if kvm_usable; then
 			echo "-accel kvm -cpu host"
 		else
 			echo "-accel tcg,thread=$tcg_thread -cpu max"
