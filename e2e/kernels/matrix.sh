@@ -385,8 +385,8 @@ for spec in $kernels; do
 	fi
 	line=$(printf '%-30s %-11s %-19s %4ds (guest %ds)  passed %d, failed %d, skipped %d' \
 		"$kver" "$verdict" "$mark" "$wall" "$guest" "$passed" "$failed" "$skipped")
-	[ -n "$reason" ] && line="$line; doctor: $reason"
 	[ -n "$why" ] && line="$line; $why"
+	[ -n "$reason" ] && line="$line; doctor: $reason"
 	table+=("$line")
 done
 
