@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell hack/version.sh)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all deps generate check-generate build test test-go test-unit bench lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo test-kernels clean
+.PHONY: all deps generate check-generate build test test-go test-unit bench bench-sockperf lint envtest-assets images e2e-cluster e2e-down e2e e2e-test soak demo test-kernels clean
 
 all: build
 
@@ -20,7 +20,7 @@ generate:
 
 ## check-generate: fail when the committed BPF objects differ from what the sources produce
 check-generate: generate
-	@git diff --exit-code -- pkg/datapath/sockhop_bpfel.go pkg/datapath/sockhop_bpfel.o \
+	@git diff --exit-code -- pkg/datapath/sockhop_bpfel.go pkg/datapath/sockhop_bpfel.o pkg/datapath/abort_bpfel.go pkg/datapath/abort_bpfel.o \
 		|| { echo "committed BPF objects are stale: run 'make generate' and commit" >&2; exit 1; }
 
 ## build: the agent and the CLI into bin/
@@ -50,6 +50,13 @@ test-unit:
 ## bench: the side-by-side datapath benchmarks (accelerated vs plain TCP), as in docs/benchmarks.md
 bench: deps
 	$(GO) test -run '^$$' -bench BenchmarkDatapath -benchtime 1x -timeout 30m ./pkg/bench
+
+## bench-sockperf: a third-party cross-check: Debian's sockperf ping-pong, app uid ↔ sidecar
+## uid on one CPU, plain TCP and sockhop's default options alternately (ROUNDS pairs, default 5)
+ROUNDS ?= 5
+bench-sockperf: deps build
+	hack/deps.sh sockperf
+	hack/bench-sockperf.sh $(ROUNDS)
 
 ## demo: local single-node cluster + Helm install + a mesh workload measured before/after opting in
 demo: deps

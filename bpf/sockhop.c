@@ -13,6 +13,7 @@
 #include "lib/kernel.h"
 #include "lib/maps.h"
 #include "lib/pair.h"
+#include "lib/abort.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -328,6 +329,8 @@ static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
 			__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED);
 			sh_count(SH_STAT_RX_STRANDED, 1);
 			hazard |= SH_HAZARD_STRANDED;
+			/* For the agent to abort (bpf/abort.c). */
+			sh_strand_record(sk, cgroup);
 		}
 	}
 	/* Learn: this container's later sockets are not paired. */
@@ -459,3 +462,4 @@ const enum sh_stat *sh_stat_btf __attribute__((unused));
 const enum sh_tx *sh_tx_btf __attribute__((unused));
 const enum sh_rx_flags *sh_rx_btf __attribute__((unused));
 const enum sh_hazard_flags *sh_hazard_btf __attribute__((unused));
+const enum sh_strand_state *sh_strand_btf __attribute__((unused));

@@ -40,6 +40,9 @@ type HazardReporter struct {
 	Client   client.Client // the manager's cache, with the pod UID index
 	Recorder EventRecorder
 	Period   time.Duration
+	// Aborts: a StrandAborter runs, so a stranded receiver's connection
+	// is aborted rather than left to stall.
+	Aborts bool
 
 	reported map[uint64]datapath.ReaderHazards
 	refused  uint64    // failed map operations seen so far
@@ -106,24 +109,19 @@ func (h *HazardReporter) Report(ctx context.Context) error {
 		return err
 	}
 	for _, id := range fresh {
-		podDir, container, ok := containerOf(atts, id)
+		pod, container, ok := podOfCgroup(ctx, h.Client, atts, id)
 		if !ok {
 			continue // not (or no longer) under an attached pod: retry later
 		}
-		uid, ok := podUIDFromCgroup(podDir)
-		if !ok {
-			continue
-		}
-		var pods corev1.PodList
-		if err := h.Client.List(ctx, &pods, client.MatchingFields{podUIDField: uid}); err != nil || len(pods.Items) == 0 {
-			continue
-		}
 		hz := learnt.Hazardous[id]
-		pod := &pods.Items[0]
 		if hz&datapath.SawStranded != 0 && h.reported[id]&datapath.SawStranded == 0 {
+			fate := "that connection may stall until its reader uses recvmsg again"
+			if h.Aborts {
+				fate = "sockhop aborts that connection (a ReceiverStranded event says when)"
+			}
 			h.Recorder.Eventf(pod, nil, corev1.EventTypeWarning, "ReceiverStranded", "Guard",
-				"container cgroup %s started to read an accelerated connection with %s while redirected bytes were unread: that connection may stall until its reader uses recvmsg again; this container's later connections stay on TCP (docs/hazards.md)",
-				container, hz)
+				"container cgroup %s started to read an accelerated connection with %s while redirected bytes were unread: %s; this container's later connections stay on TCP (docs/hazards.md)",
+				container, hz, fate)
 		} else {
 			h.Recorder.Eventf(pod, nil, corev1.EventTypeNormal, "HazardousReader", "Guard",
 				"container cgroup %s reads accelerated connections with %s: its connections stay on TCP from now on (docs/hazards.md)",
@@ -132,6 +130,23 @@ func (h *HazardReporter) Report(ctx context.Context) error {
 		h.reported[id] = hz
 	}
 	return nil
+}
+
+// podOfCgroup finds the pod (in the cache) of a container's cgroup id.
+func podOfCgroup(ctx context.Context, c client.Client, atts []datapath.Attachment, id uint64) (*corev1.Pod, string, bool) {
+	podDir, container, ok := containerOf(atts, id)
+	if !ok {
+		return nil, container, false
+	}
+	uid, ok := podUIDFromCgroup(podDir)
+	if !ok {
+		return nil, container, false
+	}
+	var pods corev1.PodList
+	if err := c.List(ctx, &pods, client.MatchingFields{podUIDField: uid}); err != nil || len(pods.Items) == 0 {
+		return nil, container, false
+	}
+	return &pods.Items[0], container, true
 }
 
 // containerOf finds the cgroup with this id under the attached pods'

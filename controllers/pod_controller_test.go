@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sockhop/sockhop/pkg/metrics"
@@ -335,19 +336,34 @@ func TestAttachLatencyCountsFromWanted(t *testing.T) {
 
 	n.setNamespaceLabel(ns, true)
 	a.waitAttached(p)
+	// The reconciler observes the latency once Attach has returned,
+	// a moment after the attachment is visible.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h := attachLatency(t, reg)
+		if h != nil && h.GetSampleCount() > 0 {
+			if h.GetSampleCount() != 1 || h.GetSampleSum() >= 1 {
+				t.Fatalf("attach latency: %d observations summing to %.3fs, want one under 1s (the time since the label came)", h.GetSampleCount(), h.GetSampleSum())
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no sockhop_attach_latency_seconds observation 10s after the attach: %v", h)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func attachLatency(t *testing.T, reg *prometheus.Registry) *dto.Histogram {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "sockhop_attach_latency_seconds" {
-			continue
+		if mf.GetName() == "sockhop_attach_latency_seconds" && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetHistogram()
 		}
-		h := mf.GetMetric()[0].GetHistogram()
-		if h.GetSampleCount() != 1 || h.GetSampleSum() >= 1 {
-			t.Fatalf("attach latency: %d observations summing to %.3fs, want one under 1s (the time since the label came)", h.GetSampleCount(), h.GetSampleSum())
-		}
-		return
 	}
-	t.Fatal("no sockhop_attach_latency_seconds")
+	return nil
 }

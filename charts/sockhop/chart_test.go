@@ -319,8 +319,13 @@ func TestSecurityContext(t *testing.T) {
 	if got := sc.Capabilities.Drop; !slices.Equal(got, []corev1.Capability{"ALL"}) {
 		t.Errorf("capabilities.drop = %v, want [ALL]", got)
 	}
-	if got, want := sc.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON"}; !slices.Equal(got, want) {
+	// SYS_ADMIN for abortStranded (setns into pods' network namespaces).
+	if got, want := sc.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"}; !slices.Equal(got, want) {
 		t.Errorf("capabilities.add = %v, want %v", got, want)
+	}
+	noAbort := agentContainer(t, mustRender(t, map[string]any{"abortStranded": false})).SecurityContext
+	if got, want := noAbort.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON"}; !slices.Equal(got, want) {
+		t.Errorf("abortStranded=false: capabilities.add = %v, want %v", got, want)
 	}
 	if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Errorf("seccompProfile = %v, want RuntimeDefault", sc.SeccompProfile)
@@ -435,10 +440,11 @@ func TestHostPathMounts(t *testing.T) {
 	for _, hostRoot := range []string{"/sys/fs/cgroup", "/run/cgroup2"} {
 		objs := mustRender(t, map[string]any{"cgroup": map[string]any{"hostRoot": hostRoot}})
 		spec := objs.daemonSet.Spec.Template.Spec
-		dir := corev1.HostPathDirectory
+		dir, orCreate := corev1.HostPathDirectory, corev1.HostPathDirectoryOrCreate
 		wantVolumes := []corev1.Volume{
 			{Name: "bpffs", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/sys/fs/bpf", Type: &dir}}},
 			{Name: "cgroup", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: hostRoot, Type: &dir}}},
+			{Name: "netns", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/run/netns", Type: &orCreate}}},
 		}
 		if !reflect.DeepEqual(spec.Volumes, wantVolumes) {
 			t.Errorf("volumes = %s, want %s", js(spec.Volumes), js(wantVolumes))
@@ -448,6 +454,7 @@ func TestHostPathMounts(t *testing.T) {
 		wantMounts := []corev1.VolumeMount{
 			{Name: "bpffs", MountPath: "/sys/fs/bpf", MountPropagation: &h2c},
 			{Name: "cgroup", MountPath: hostRoot, ReadOnly: true, RecursiveReadOnly: &ifPossible},
+			{Name: "netns", MountPath: "/var/run/netns", ReadOnly: true, MountPropagation: &h2c},
 		}
 		if got := agentContainer(t, objs).VolumeMounts; !reflect.DeepEqual(got, wantMounts) {
 			t.Errorf("volumeMounts = %s, want %s", js(got), js(wantMounts))
@@ -505,6 +512,8 @@ func TestArgs(t *testing.T) {
 		"--app-receivers=auto",
 		"--max-connections=131072",
 		"--syscall-guard=true",
+		"--abort-stranded=true",
+		"--netns-dirs=/var/run/netns",
 		"--metrics-bind-address=:9962",
 		"--health-probe-bind-address=:9963",
 		"--uninstall-on-delete=true",
@@ -541,6 +550,8 @@ func TestArgs(t *testing.T) {
 		"--app-receivers=false",
 		"--max-connections=200000",
 		"--syscall-guard=false",
+		"--abort-stranded=true",
+		"--netns-dirs=/var/run/netns",
 		"--metrics-bind-address=:19962",
 		"--health-probe-bind-address=:19963",
 		"--uninstall-on-delete=false",

@@ -50,6 +50,8 @@ type config struct {
 	appReceivers       string // auto, true, false
 	maxConnections     int
 	syscallGuard       bool
+	abortStranded      bool
+	netnsDirs          string
 	metricsAddr        string
 	probeAddr          string
 	uninstallOnDelete  bool
@@ -75,6 +77,10 @@ func bindFlags(fs *flag.FlagSet) *config {
 	fs.StringVar(&c.proxyUIDs, "proxy-uids", "1337,2102,5678", "comma-separated uids of sidecar proxies (the receivers --app-receivers=false allows)")
 	fs.BoolVar(&c.syscallGuard, "syscall-guard", true,
 		"mark a receiver unsafe before it splices or reads with MSG_WAITALL (a sys_enter tracepoint: every syscall on the node takes the traced entry path, tens of ns each)")
+	fs.BoolVar(&c.abortStranded, "abort-stranded", true,
+		"abort the connection of a receiver that starts to splice with redirected bytes unread (it could never read them): both ends see an error instead of a stall; needs CAP_SYS_ADMIN (to enter the pod's network namespace) and the node's network namespaces in --netns-dirs")
+	fs.StringVar(&c.netnsDirs, "netns-dirs", "/var/run/netns,/run/netns",
+		"comma-separated directories holding the node's pod network namespaces (bind mounts, as containerd and CRI-O keep them), searched by --abort-stranded")
 	fs.IntVar(&c.maxConnections, "max-connections", datapath.DefaultMaxConnections,
 		"connections the node's maps can pair at once; past it new ones stay on TCP (changing it replaces the maps; live connections carry on)")
 	fs.StringVar(&c.metricsAddr, "metrics-bind-address", ":9962", "address of the Prometheus metrics endpoint (0 disables it)")
@@ -230,8 +236,26 @@ func runAgent(ctx context.Context, c *config, logger logr.Logger) error {
 			closeDatapath(dp, logger)
 			return fmt.Errorf("set up pod controller: %w", err)
 		}
+		// Aborting stranded receivers' connections, where the kernel can
+		// (bpf_sock_destroy, Linux 6.5); elsewhere they may stall, and the
+		// hazard reporter's Warning says so.
+		aborts := false
+		if c.abortStranded {
+			if err := datapath.ProbeAbort(); err != nil {
+				logger.Error(err, "stranded receivers will not be aborted: their connections may stall (docs/hazards.md)")
+			} else {
+				aborts = true
+				dirs := strings.Split(c.netnsDirs, ",")
+				err := mgr.Add(&controllers.StrandAborter{Source: dp, Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("sockhop-agent"),
+					FindNetns: func(inode uint64) (string, error) { return datapath.FindNetns(inode, dirs, nil) }})
+				if err != nil {
+					closeDatapath(dp, logger)
+					return fmt.Errorf("set up strand aborter: %w", err)
+				}
+			}
+		}
 		// Events for containers the receiver guard learnt to keep on TCP.
-		if err := mgr.Add(&controllers.HazardReporter{Source: dp, Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("sockhop-agent")}); err != nil {
+		if err := mgr.Add(&controllers.HazardReporter{Source: dp, Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("sockhop-agent"), Aborts: aborts}); err != nil {
 			closeDatapath(dp, logger)
 			return fmt.Errorf("set up hazard reporter: %w", err)
 		}

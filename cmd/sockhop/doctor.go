@@ -62,6 +62,9 @@ type doctorInput struct {
 	CapEff    uint64
 	CapEffErr error
 	Checks    []datapath.Check
+	// AbortErr is datapath.ProbeAbort's answer: nil when this kernel can
+	// abort a stranded receiver's connection.
+	AbortErr error
 	// PinDir is --bpffs-dir; Attached is how many cgroups are attached
 	// there, -1 when sockhop is not installed; InstalledErr says why the
 	// pins could not be read.
@@ -146,6 +149,7 @@ func gatherDoctorInput(pinDir string) doctorInput {
 		in.CapEff, in.CapEffErr = parseCapEff(string(b))
 	}
 	in.Checks = datapath.Checks()
+	in.AbortErr = datapath.ProbeAbort()
 	if dp, err := datapath.Open(pinDir); err == nil {
 		atts, err := dp.Attachments()
 		in.Attached, in.InstalledErr = len(atts), err
@@ -242,6 +246,14 @@ func evaluateDoctor(in doctorInput) doctorReport {
 			hint = "the kernel was built without CONFIG_DEBUG_INFO_BTF: sockhop reads kernel structures through BTF"
 		}
 		add(c.Name, levelFail, c.Err.Error(), hint)
+	}
+
+	// Optional: aborting stranded receivers.
+	if in.AbortErr == nil {
+		add("abort stranded receivers", levelOK, "bpf_sock_destroy from an iter/tcp program loads: a receiver stranded with redirected bytes unread has its connection aborted (ECONNABORTED, a reset for its peer)", "")
+	} else {
+		add("abort stranded receivers", levelWarn, in.AbortErr.Error(),
+			"needs Linux 6.5 (bpf_sock_destroy, iter/tcp); without it a receiver that starts to splice with redirected bytes unread may stall (counted as stranded, a Warning Event names the pod), as before; everything else works")
 	}
 
 	// BPF LSM and trampolines: not needed, reported for the record.

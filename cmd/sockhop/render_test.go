@@ -286,6 +286,9 @@ func TestDoctorWarnings(t *testing.T) {
 		{"sys_admin stands in", func(in *doctorInput) { in.CapEff = 1<<capSysAdmin | 1<<capNetAdmin }, "capabilities", levelOK},
 		{"sys_admin alone", func(in *doctorInput) { in.CapEff = 1 << capSysAdmin }, "capabilities", levelOK},
 		{"not installed", func(in *doctorInput) { in.Attached = -1 }, "datapath", levelInfo},
+		{"cannot abort", func(in *doctorInput) {
+			in.AbortErr = &datapath.FeatureError{Feature: "kfunc bpf_sock_destroy", Err: errors.New("not found")}
+		}, "abort stranded receivers", levelWarn},
 		{"self-test not run", func(in *doctorInput) { in.SelfTest = hazardLines(nil, errors.New("needs root")) }, "hazard self-test", levelWarn},
 		{"splice present", func(in *doctorInput) {
 			in.SelfTest = hazardLines(&datapath.SelfTestReport{Results: []datapath.HazardResult{

@@ -26,6 +26,9 @@ type Counters struct {
 	UnsafeReceivers uint64
 	Stranded        uint64
 	Poisoned        uint64
+	// Aborted counts the connections of stranded receivers aborted
+	// (AbortStranded): both ends saw an error instead of a stall.
+	Aborted uint64
 	// Retired counts sockets whose sends went to TCP for good and that
 	// left the sockhash, to send as plain TCP.
 	Retired uint64
@@ -76,6 +79,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		UnsafeReceivers:    get(sockhopShStatSH_STAT_RX_UNSAFE),
 		Stranded:           get(sockhopShStatSH_STAT_RX_STRANDED),
 		Poisoned:           get(sockhopShStatSH_STAT_TX_POISONED),
+		Aborted:            d.aborts(),
 		Retired:            get(sockhopShStatSH_STAT_RETIRED),
 		Passthrough: map[string]uint64{
 			ReasonNoPeer:       get(sockhopShStatSH_STAT_TX_NO_PEER),

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -118,6 +119,9 @@ func (o Options) withDefaults() (Options, error) {
 type Datapath struct {
 	opts Options
 	objs sockhopObjects
+	// abort is the abort iterator, loaded by the first AbortStranded.
+	abortMu sync.Mutex
+	abort   *aborter
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the
@@ -441,7 +445,11 @@ func SweepRetired(pinDir string) (int, error) {
 // Close releases this process's handles. Pins, links and the sockets in
 // the sockhash stay: connections keep being accelerated.
 func (d *Datapath) Close() error {
-	return d.objs.Close()
+	d.abortMu.Lock()
+	err := d.abort.Close()
+	d.abort = nil
+	d.abortMu.Unlock()
+	return errors.Join(err, d.objs.Close())
 }
 
 // Uninstall removes every link and pin under pinDir. New connections are no

@@ -32,6 +32,7 @@ import (
 //	receiver-guard  redirect every direction from its first byte
 //	backpressure    Options.BacklogLimit = -1 (unbounded)
 //	both            both of them
+//	abort           do not abort stranded receivers (TestHazardStrandedAbort)
 
 const (
 	appUID      = 1000
@@ -54,8 +55,10 @@ func hazardOptions(t testing.TB) datapath.Options {
 	case "both":
 		opts.BacklogLimit = -1
 		opts.Unguarded = true
+	case "abort":
+		return opts // TestHazardStrandedAbort's
 	default:
-		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-class, backpressure or both", g)
+		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-guard, backpressure, both or abort", g)
 	}
 	t.Logf("GUARD DROPPED (%s) — this test is expected to fail", os.Getenv("SOCKHOP_HAZARD_DROP_GUARD"))
 	return opts
@@ -99,12 +102,22 @@ func (s *sidecarPod) trustApp() {
 	s.server(s.app, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:7999"}})
 	spec := testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:7999", Conns: 1, Parallel: 1, Bytes: 1 << 20, MaxWrite: 16 << 10}
 	mustOK(s.t, s.env.client(s.app, 0, spec), 1, 1<<20)
-	l, err := s.dp.Learnt()
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	if len(l.Trusted) == 0 {
-		s.t.Fatalf("the pod's cgroup is not trusted after a stream read safely all its life: %+v", l)
+	// Trust is learnt when a socket reaches TCP_CLOSE, which happens in
+	// softirq after the peers' processes have exited (the last FIN and
+	// ACK): on a loaded machine, a moment later.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := s.dp.Learnt()
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		if len(l.Trusted) != 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the pod's cgroup is not trusted 10s after a stream read safely all its life: %+v", l)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

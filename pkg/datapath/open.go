@@ -45,6 +45,15 @@ func Open(pinDir string) (*Datapath, error) {
 		}
 		*m.dst = mp
 	}
+	// Maps of the abort (bpf/lib/abort.h): absent where a sockhop from
+	// before it is installed.
+	for name, dst := range map[string]**ebpf.Map{
+		"sockhop_strand": &d.objs.SockhopStrand, "sockhop_aborts": &d.objs.SockhopAborts,
+	} {
+		if mp, err := ebpf.LoadPinnedMap(filepath.Join(maps, name), nil); err == nil {
+			*dst = mp
+		}
+	}
 	cfg, err := ebpf.LoadPinnedMap(filepath.Join(maps, configMap), nil)
 	if err == nil {
 		var c pinnedConfig

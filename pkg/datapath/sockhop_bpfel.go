@@ -104,6 +104,25 @@ const (
 	sockhopShStatSH_STAT_MAX             sockhopShStat = 25
 )
 
+type sockhopShStrand struct {
+	_      structs.HostLayout
+	Netns  uint64
+	Cgroup uint64
+	Since  uint64
+	Done   uint64
+	State  uint32
+	Err    int32
+}
+
+type sockhopShStrandState uint32
+
+const (
+	sockhopShStrandStateSH_STRAND_PENDING   sockhopShStrandState = 0
+	sockhopShStrandStateSH_STRAND_ABORTED   sockhopShStrandState = 1
+	sockhopShStrandStateSH_STRAND_RECOVERED sockhopShStrandState = 2
+	sockhopShStrandStateSH_STRAND_FAILED    sockhopShStrandState = 3
+)
+
 type sockhopShTx uint32
 
 const (
@@ -120,6 +139,7 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockhopMapSockhopAborts    = "sockhop_aborts"
 	sockhopMapSockhopHazard    = "sockhop_hazard"
 	sockhopMapSockhopPending   = "sockhop_pending"
 	sockhopMapSockhopPodips    = "sockhop_podips"
@@ -128,6 +148,7 @@ const (
 	sockhopMapSockhopSocks     = "sockhop_socks"
 	sockhopMapSockhopState     = "sockhop_state"
 	sockhopMapSockhopStats     = "sockhop_stats"
+	sockhopMapSockhopStrand    = "sockhop_strand"
 	sockhopMapSockhopTrust     = "sockhop_trust"
 	sockhopProgSockhopMsg      = "sockhop_msg"
 	sockhopProgSockhopRecv     = "sockhop_recv"
@@ -141,6 +162,7 @@ const (
 	sockhopVarShRxBtf          = "sh_rx_btf"
 	sockhopVarShSmallLimit     = "sh_small_limit"
 	sockhopVarShStatBtf        = "sh_stat_btf"
+	sockhopVarShStrandBtf      = "sh_strand_btf"
 	sockhopVarShTxBtf          = "sh_tx_btf"
 )
 
@@ -196,6 +218,7 @@ type sockhopProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockhopMapSpecs struct {
+	SockhopAborts  *ebpf.MapSpec `ebpf:"sockhop_aborts"`
 	SockhopHazard  *ebpf.MapSpec `ebpf:"sockhop_hazard"`
 	SockhopPending *ebpf.MapSpec `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.MapSpec `ebpf:"sockhop_podips"`
@@ -204,6 +227,7 @@ type sockhopMapSpecs struct {
 	SockhopSocks   *ebpf.MapSpec `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.MapSpec `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.MapSpec `ebpf:"sockhop_stats"`
+	SockhopStrand  *ebpf.MapSpec `ebpf:"sockhop_strand"`
 	SockhopTrust   *ebpf.MapSpec `ebpf:"sockhop_trust"`
 }
 
@@ -219,6 +243,7 @@ type sockhopVariableSpecs struct {
 	ShRxBtf        *ebpf.VariableSpec `ebpf:"sh_rx_btf"`
 	ShSmallLimit   *ebpf.VariableSpec `ebpf:"sh_small_limit"`
 	ShStatBtf      *ebpf.VariableSpec `ebpf:"sh_stat_btf"`
+	ShStrandBtf    *ebpf.VariableSpec `ebpf:"sh_strand_btf"`
 	ShTxBtf        *ebpf.VariableSpec `ebpf:"sh_tx_btf"`
 }
 
@@ -242,6 +267,7 @@ func (o *sockhopObjects) Close() error {
 //
 // It can be passed to loadSockhopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockhopMaps struct {
+	SockhopAborts  *ebpf.Map `ebpf:"sockhop_aborts"`
 	SockhopHazard  *ebpf.Map `ebpf:"sockhop_hazard"`
 	SockhopPending *ebpf.Map `ebpf:"sockhop_pending"`
 	SockhopPodips  *ebpf.Map `ebpf:"sockhop_podips"`
@@ -250,11 +276,13 @@ type sockhopMaps struct {
 	SockhopSocks   *ebpf.Map `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.Map `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.Map `ebpf:"sockhop_stats"`
+	SockhopStrand  *ebpf.Map `ebpf:"sockhop_strand"`
 	SockhopTrust   *ebpf.Map `ebpf:"sockhop_trust"`
 }
 
 func (m *sockhopMaps) Close() error {
 	return _SockhopClose(
+		m.SockhopAborts,
 		m.SockhopHazard,
 		m.SockhopPending,
 		m.SockhopPodips,
@@ -263,6 +291,7 @@ func (m *sockhopMaps) Close() error {
 		m.SockhopSocks,
 		m.SockhopState,
 		m.SockhopStats,
+		m.SockhopStrand,
 		m.SockhopTrust,
 	)
 }
@@ -279,6 +308,7 @@ type sockhopVariables struct {
 	ShRxBtf        *ebpf.Variable `ebpf:"sh_rx_btf"`
 	ShSmallLimit   *ebpf.Variable `ebpf:"sh_small_limit"`
 	ShStatBtf      *ebpf.Variable `ebpf:"sh_stat_btf"`
+	ShStrandBtf    *ebpf.Variable `ebpf:"sh_strand_btf"`
 	ShTxBtf        *ebpf.Variable `ebpf:"sh_tx_btf"`
 }
 

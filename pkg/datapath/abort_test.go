@@ -1,0 +1,183 @@
+package datapath_test
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
+	"github.com/sockhop/sockhop/pkg/testbed"
+)
+
+// The abort iterator loads on this kernel (or the kernel truly lacks it).
+func TestProbeAbort(t *testing.T) {
+	requireRoot(t)
+	if err := datapath.ProbeAbort(); err != nil {
+		t.Fatalf("%+v", err)
+	}
+}
+
+// abortBound is how long a stranded receiver may stay blocked: the issue's
+// "an error both ends see within 1 s", with room for a loaded CI machine.
+const abortBound = 3 * time.Second
+
+// A receiver in a trusted pod (redirected into from its first byte) reads
+// 1 MiB with read(2), then, with 1 MiB redirected and unread, starts a
+// blocking splice: it is stranded. AbortStranded must turn that into an
+// error both ends see: the splice fails (ECONNABORTED), the sender's read
+// fails (reset), the abort is counted, the guard's record is gone — and
+// two other connections alive at the time, one paired in the same pod and
+// one unpaired in the same network namespace, are untouched and deliver
+// every byte. SOCKHOP_HAZARD_DROP_GUARD=abort skips the abort: the splice
+// then blocks until its 10 s receive timeout and the test fails.
+func TestHazardStrandedAbort(t *testing.T) {
+	receivers(t, func(t *testing.T, uid int) {
+		requireRoot(t)
+		if err := datapath.ProbeAbort(); err != nil {
+			t.Skipf("this kernel cannot abort: %v", err)
+		}
+		opts := datapath.Options{AppReceivers: true}
+		dropped := dropAbort(t)
+		s := newSidecarPod(t, opts, true, false)
+		s.trustApp()
+		// Not under the pod's cgroup: its sockets are never paired.
+		outside := &pod{name: "outside", ns: s.app.ns}
+		cg, err := s.bed.Cgroup("outside")
+		if err != nil {
+			t.Fatal(err)
+		}
+		outside.cgroup = cg
+
+		// The bystanders: writers held back by stalled readers, alive
+		// across the abort.
+		type bystander struct {
+			what   string
+			reader *testbed.Peer
+			writer *testbed.Peer
+			bytes  int64
+		}
+		var bys []bystander
+		for i, p := range []*pod{s.app, outside} {
+			addr := []string{"127.0.0.1:7301", "127.0.0.1:7302"}[i]
+			r := s.server(p, uid, testbed.PeerSpec{Mode: testbed.ModeStallSink, Listen: []string{addr}})
+			spec := testbed.PeerSpec{Mode: testbed.ModeHold, Target: addr, Bytes: 16 << 20, MaxWrite: 64 << 10}
+			w := s.startClient(p, appUID, spec)
+			if _, err := testbed.WaitHeld(w, testbed.HazardDeadline()); err != nil {
+				t.Fatalf("bystander in %s: %v", p.name, err)
+			}
+			bys = append(bys, bystander{"bystander in " + p.name, r, w, spec.Bytes})
+		}
+
+		before := s.counters()
+		const seed = 77
+		sink := s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeStrandSink, Listen: []string{"127.0.0.1:7300"}, Size: 1 << 20, Bytes: 2 << 20, Seed: seed})
+		sender := s.startClient(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeStrandSend, Target: "127.0.0.1:7300", Bytes: 2 << 20, MaxWrite: 64 << 10, Seed: seed})
+
+		// What the agent does: wait for the guard's record, find the
+		// namespace, abort.
+		var (
+			strands []datapath.Strand
+			aborted []datapath.Strand
+		)
+		end := time.Now().Add(testbed.HazardDeadline())
+		for len(strands) == 0 {
+			if time.Now().After(end) {
+				t.Fatalf("the guard recorded no stranded receiver; sink: %s", sink.Stderr())
+			}
+			if strands, err = s.dp.Stranded(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if len(strands) != 1 {
+			t.Fatalf("want one stranded receiver, got %+v", strands)
+		}
+		seen := time.Now()
+		if !dropped {
+			path, err := datapath.FindNetns(strands[0].Netns, []string{"/run/netns"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if aborted, err = s.dp.AbortStranded(path); err != nil {
+				t.Fatalf("%+v", err)
+			}
+			t.Logf("aborted %+v in %v (from the guard's record: %v)", aborted, time.Since(seen), aborted[0].Waited)
+		}
+
+		// The receiver: its splice failed, soon.
+		var sinkRep testbed.StrandSinkReport
+		for ok := false; !ok; {
+			if sinkRep, ok = testbed.StrandSink(sink); !ok {
+				if time.Now().After(end) {
+					t.Fatalf("the stranded receiver never returned from splice: %s", sink.Stderr())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		sendRes := s.waitBounded(sender, "strand sender")
+		sendRep, err := testbed.StrandSend(sender)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := diff(before, s.counters())
+		t.Logf("receiver: %+v", sinkRep)
+		t.Logf("sender: %+v (%v)", sendRep, sendRes.Errors)
+		t.Logf("datapath: %v", d)
+		if sinkRep.Error != "" {
+			t.Fatalf("the stranded receiver could not run: %s", sinkRep.Error)
+		}
+		if sinkRep.Read != 1<<20 || sinkRep.Queued < 1<<20 {
+			t.Fatalf("not stranded as planned: read %d, %d queued", sinkRep.Read, sinkRep.Queued)
+		}
+		if d.stranded != 1 {
+			t.Fatalf("want one stranded receiver counted: %v", d)
+		}
+		if sinkRep.SpliceErrno != int(unix.ECONNABORTED) || sinkRep.Blocked > abortBound {
+			t.Fatalf("the stranded receiver's splice returned %d (%s) after %v, want ECONNABORTED within %v",
+				sinkRep.SpliceN, sinkRep.SpliceErr, sinkRep.Blocked, abortBound)
+		}
+		if sendRep.ReadErrno != int(unix.ECONNRESET) {
+			t.Fatalf("the sender's read after the abort returned %q, want ECONNRESET", sendRep.ReadErr)
+		}
+		if sendRep.WriteErrno == 0 {
+			t.Fatalf("the sender's writes after the reset all succeeded (%d)", sendRep.WritesAfter)
+		}
+		if len(aborted) != 1 || aborted[0].State != datapath.StrandAborted || aborted[0].Cgroup != inode(t, s.app.cgroup) {
+			t.Fatalf("AbortStranded reported %+v, want one aborted receiver of cgroup %d", aborted, inode(t, s.app.cgroup))
+		}
+		if c := s.counters(); c.Aborted-before.Aborted != 1 {
+			t.Fatalf("aborted counter moved by %d, want 1", c.Aborted-before.Aborted)
+		}
+		if left, err := s.dp.Stranded(); err != nil || len(left) != 0 {
+			t.Fatalf("stranded receivers left after the abort: %+v %v", left, err)
+		}
+
+		// The bystanders were not touched.
+		for _, b := range bys {
+			if err := testbed.Resume(b.reader); err != nil {
+				t.Fatal(err)
+			}
+			wantDelivered(t, b.what, s.waitBounded(b.writer, b.what), b.bytes)
+		}
+	})
+}
+
+// dropAbort: SOCKHOP_HAZARD_DROP_GUARD=abort shows what the abort prevents.
+func dropAbort(t *testing.T) bool {
+	if os.Getenv("SOCKHOP_HAZARD_DROP_GUARD") == "abort" {
+		t.Log("ABORT DROPPED — this test is expected to fail")
+		return true
+	}
+	return false
+}
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
