@@ -28,6 +28,18 @@ func requireRoot(t *testing.T) {
 	needs.Root(t, "to load BPF programs and create cgroups and network namespaces")
 }
 
+// requireKernel is requireRoot on a kernel that can run sockhop: where the
+// datapath's Probe names a missing feature the test is skipped with it
+// (failed in CI). TestDoctorOnThisNode and TestAttachOnUnsupportedKernel
+// check what the CLI does on such a kernel.
+func requireKernel(t *testing.T) {
+	t.Helper()
+	requireRoot(t)
+	if err := datapath.Probe(); err != nil {
+		needs.Missing(t, "this kernel cannot run sockhop: "+err.Error())
+	}
+}
+
 type statusJSON struct {
 	Attachments []attachmentView `json:"attachments"`
 	Sockets     int              `json:"sockets_in_sockhash"`
@@ -39,7 +51,7 @@ type statusJSON struct {
 // pod-shaped cgroup under a throwaway parent, see it and its traffic in
 // status, honour excluded ports, detach, uninstall; nothing is left.
 func TestAttachStatusDetach(t *testing.T) {
-	requireRoot(t)
+	requireKernel(t)
 	bed, err := testbed.New()
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +232,7 @@ func TestAttachStatusDetach(t *testing.T) {
 // TestStatusSelfTest runs status with the hazard self-test on a freshly
 // installed, empty datapath.
 func TestStatusSelfTest(t *testing.T) {
-	requireRoot(t)
+	requireKernel(t)
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	pinDir := "/sys/fs/bpf/sockhop-test-" + hex.EncodeToString(rnd[:])
@@ -253,14 +265,37 @@ func TestStatusSelfTest(t *testing.T) {
 	}
 }
 
-// TestDoctorOnThisNode runs doctor for real: on the machines sockhop is
-// tested on, every check passes.
+// TestDoctorOnThisNode runs doctor for real: where the datapath can run,
+// every check passes; on a kernel that cannot run it (the kernel matrix's
+// 6.1), doctor fails with exit 1 and a failed line for each feature the
+// datapath's probes miss, and for a kernel older than bpf_link for sk_msg.
 func TestDoctorOnThisNode(t *testing.T) {
 	requireRoot(t)
 	out, errOut, code := cli(t, "doctor", "-o", "json")
 	var rep doctorReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("doctor JSON: %v\n%s%s", err, out, errOut)
+	}
+	if err := datapath.Probe(); err != nil {
+		t.Logf("this kernel cannot run sockhop (%v): doctor must say so", err)
+		if code != exitFailure || rep.OK {
+			t.Fatalf("doctor passes (exit %d) on a kernel that lacks a feature:\n%s", code, out)
+		}
+		for _, c := range datapath.Checks() {
+			if l := lineOf(t, rep, c.Name); (c.Err != nil) != (l.Level == levelFail) {
+				t.Errorf("probe %q: %v, but doctor's line is %s: %s", c.Name, c.Err, l.Level, l.Detail)
+			}
+		}
+		var uts unix.Utsname
+		if err := unix.Uname(&uts); err != nil {
+			t.Fatal(err)
+		}
+		maj, min, ok := parseKernelRelease(unix.ByteSliceToString(uts.Release[:]))
+		old := ok && (maj < minKernel[0] || maj == minKernel[0] && min < minKernel[1])
+		if l := lineOf(t, rep, "kernel"); old != (l.Level == levelFail) {
+			t.Errorf("kernel line %s (%s) for a kernel older than %d.%d: %v", l.Level, l.Detail, minKernel[0], minKernel[1], old)
+		}
+		return
 	}
 	if code != 0 || !rep.OK {
 		t.Fatalf("doctor fails on this node (exit %d):\n%s", code, out)
@@ -312,7 +347,7 @@ func TestHierarchiesOutsideMountNamespace(t *testing.T) {
 // draws them: the plumbing from bench.Run to the table, the JSON and the
 // picture. It asserts no timing.
 func TestBenchQuickWithPlot(t *testing.T) {
-	requireRoot(t)
+	requireKernel(t)
 	png := filepath.Join(t.TempDir(), "bench.png")
 	out, errOut, code := cli(t, "bench", "--quick", "--cases", "pingpong-1cpu-64B,bulk-1cpu-64KiB", "--plot", png, "-o", "json")
 	if code != 0 {
@@ -348,7 +383,7 @@ func TestBenchQuickWithPlot(t *testing.T) {
 // one, is refused (sockops would run twice for its connections); siblings
 // are fine, and once the inner one is detached the outer one attaches.
 func TestAttachRefusesNested(t *testing.T) {
-	requireRoot(t)
+	requireKernel(t)
 	bed, err := testbed.New()
 	if err != nil {
 		t.Fatal(err)
@@ -404,7 +439,7 @@ func TestAttachRefusesNested(t *testing.T) {
 // says so, the connection loses no byte, and the programs go when it
 // closes.
 func TestUninstallWithAnOpenConnection(t *testing.T) {
-	requireRoot(t)
+	requireKernel(t)
 	bed, err := testbed.New()
 	if err != nil {
 		t.Fatal(err)
@@ -535,5 +570,49 @@ func TestUninstallWithAnOpenConnection(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("programs of the uninstalled datapath still in the kernel after the connection closed: %+v", progs)
 		}
+	}
+}
+
+// TestAttachOnUnsupportedKernel: on a kernel that cannot run sockhop,
+// `sockhop attach` fails (exit 1) naming the missing feature, installs
+// nothing (status still says not installed, no pin directory), and leaves
+// the cgroup's connections on TCP. Skips where the kernel runs sockhop.
+func TestAttachOnUnsupportedKernel(t *testing.T) {
+	requireRoot(t)
+	probeErr := datapath.Probe()
+	var fe *datapath.FeatureError
+	if probeErr == nil {
+		t.Skip("this kernel runs sockhop: the other kernel tests cover attach")
+	} else if !errors.As(probeErr, &fe) {
+		t.Fatalf("Probe: want a *FeatureError, got %T: %v", probeErr, probeErr)
+	}
+	bed, err := testbed.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
+	t.Cleanup(func() {
+		if err := datapath.Uninstall(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	pod, err := bed.Cgroup("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := cli(t, "--bpffs-dir", pinDir, "attach", pod)
+	if code != exitFailure || !strings.Contains(errOut, fe.Feature) {
+		t.Fatalf("attach: exit %d, stderr %q; want exit %d naming %q", code, errOut, exitFailure, fe.Feature)
+	}
+	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed attach left %s (stat: %v)", pinDir, err)
+	}
+	if _, errOut, code := cli(t, "--bpffs-dir", pinDir, "status", "--skip-self-test"); code != exitFailure || !strings.Contains(errOut, "not installed") {
+		t.Errorf("status after the failed attach: exit %d: %s", code, errOut)
 	}
 }

@@ -11,11 +11,19 @@
 # second serial port (a file here); summary.awk reads it.
 #
 # Environment (all optional):
-#   SOCKHOP_KERNELS          kernels to boot, space-separated Debian package
-#                            names; a name may hold shell globs (the newest
-#                            match in the apt cache wins) and end in @SECONDS,
-#                            that kernel's timeout. Default: the newest 6.1 and
-#                            6.12 LTS cloud kernels.
+#   SOCKHOP_KERNELS          kernels to boot, space-separated, each
+#                            PACKAGE[@SECONDS][=EXPECT]: a Debian package name
+#                            that may hold shell globs (the newest match in the
+#                            apt cache wins); @SECONDS, that kernel's timeout;
+#                            =EXPECT, the verdict it must get: "ok", or
+#                            "unsupported:WORD,WORD..." (doctor fails and names
+#                            every WORD, no test fails, TestUnsupportedKernel
+#                            passes). Without =EXPECT, ok and unsupported both
+#                            pass. Default: the newest 6.1 LTS cloud kernel,
+#                            unsupported for want of bpf_link for sk_msg
+#                            (6.10), the sock_recv_length tracepoint (6.3),
+#                            sk_psock.msg_tot_len and bpf_cast_to_kern_ctx
+#                            (6.2); the newest 6.12 one, ok.
 #   SOCKHOP_KERNEL_TIMEOUT   seconds a guest may run (default 1800)
 #   SOCKHOP_KERNEL_PKGS      Go packages whose tests run in the guest
 #                            (default: ./pkg/datapath ./cmd/sockhop)
@@ -24,6 +32,7 @@
 #   SOCKHOP_KERNEL_TEST_COUNT    -test.count (default 1; more to hunt flakes)
 #   SOCKHOP_KERNEL_TEST_ENV  extra VAR=value words for the tests in the guest
 #                            (SOCKHOP_TEST_MIB is passed on when set)
+#   SOCKHOP_TEST_PATIENCE    factor for the tests' waits (default 4 under TCG)
 #   SOCKHOP_KERNEL_CACHE     package cache (default /var/cache/sockhop/kernels)
 #   SOCKHOP_KERNEL_OUT       logs of this run (default _output/kernels)
 #   SOCKHOP_KERNEL_ACCEL     auto (KVM where the CPU has vmx/svm), kvm or tcg
@@ -39,16 +48,16 @@
 #   SOCKHOP_QEMU_LOCK        lock file: one guest at a time on this machine
 #                            (default /tmp/sockhop-qemu.lock)
 #
-# Exit code: 0 when no test failed on any kernel. A kernel whose doctor says
-# sockhop cannot run there counts as skipped (with doctor's reason), not as
-# failed; a guest that does not finish counts as failed.
+# Exit code: 0 when every kernel got its expected verdict (ok, or unsupported
+# with doctor naming what is missing), 1 otherwise: a test that failed, a
+# guest that did not finish, a kernel that turned unsupported or supported.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 GO=${GO:-go}
 
-kernels=${SOCKHOP_KERNELS:-"linux-image-6.1.0-*-cloud-amd64 linux-image-6.12.*+deb12-cloud-amd64"}
+kernels=${SOCKHOP_KERNELS:-"linux-image-6.1.0-*-cloud-amd64=unsupported:bpf_link,sock_recv_length,msg_tot_len,bpf_cast_to_kern_ctx linux-image-6.12.*+deb12-cloud-amd64=ok"}
 timeout_default=${SOCKHOP_KERNEL_TIMEOUT:-1800}
 pkgs=${SOCKHOP_KERNEL_PKGS:-"./pkg/datapath ./cmd/sockhop"}
 test_timeout=${SOCKHOP_KERNEL_TEST_TIMEOUT:-40m}
@@ -61,6 +70,18 @@ mem=${SOCKHOP_KERNEL_MEM:-8192}
 smp=${SOCKHOP_KERNEL_SMP:-2}
 lock=${SOCKHOP_QEMU_LOCK:-/tmp/sockhop-qemu.lock}
 tcg_thread=${SOCKHOP_KERNEL_TCG_THREAD:-single}
+
+# /dev/kvm alone is not enough: on a VM without vmx/svm it is a software
+# hypervisor that cannot run this guest.
+kvm_usable() { grep -Eqw 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; }
+# Under TCG the guest is several times slower: the tests' waits for what
+# must happen (a peer getting ready, bytes moving) scale by
+# SOCKHOP_TEST_PATIENCE (testbed.Patience), 4 unless set.
+patience=${SOCKHOP_TEST_PATIENCE:-}
+if [ -z "$patience" ] && { [ "$accel" = tcg ] || { [ "$accel" = auto ] && ! kvm_usable; }; }; then
+	patience=4
+fi
+[ -n "$patience" ] && test_env="SOCKHOP_TEST_PATIENCE=$patience $test_env"
 
 # Modules the tests use (veth pairs, iptables REDIRECT with the owner match,
 # ss's socket diagnostics, kTLS for the hazard checks), with what they need.
@@ -76,6 +97,13 @@ tools=(ip ss iptables ip6tables sysctl setpriv taskset kmod)
 log() { echo "matrix: $*" >&2; }
 die() { log "$*"; exit 2; }
 
+for spec in $kernels; do
+	case $spec in *=*)
+		[[ ${spec#*=} =~ ^(ok|unsupported(:[^:]+)?)$ ]] ||
+			die "$spec: the expected verdict is ok or unsupported[:WORD,...]"
+		;;
+	esac
+done
 [ "$(id -u)" -eq 0 ] || die "needs root (apt-get download into $cache; the tests run as root in the guest)"
 "$repo/hack/deps.sh" qemu-system-x86 busybox-static cpio kmod xz-utils iproute2 iptables util-linux
 
@@ -238,9 +266,7 @@ accel_args() {
 	kvm) echo "-accel kvm -cpu host" ;;
 	tcg) echo "-accel tcg,thread=$tcg_thread -cpu max" ;;
 	auto)
-		# /dev/kvm alone is not enough: on a VM without vmx/svm it is a
-		# software hypervisor that cannot run this guest.
-		if grep -Eqw 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then
+		if kvm_usable; then
 			echo "-accel kvm -cpu host"
 		else
 			echo "-accel tcg,thread=$tcg_thread -cpu max"
@@ -250,12 +276,45 @@ accel_args() {
 	esac
 }
 
+# check_expect EXPECT VERDICT REASON REPORT: prints why the outcome is not the
+# expected one (nothing when it is).
+check_expect() {
+	local expect=$1 verdict=$2 reason=$3 report=$4 w
+	case $verdict in failed | incomplete)
+		echo "$verdict${expect:+ (expected ${expect%%:*})}"
+		return
+		;;
+	esac
+	[ -z "$expect" ] && return
+	if [ "$verdict" != "${expect%%:*}" ]; then
+		echo "$verdict, expected ${expect%%:*}"
+		return
+	fi
+	if [ "$verdict" = ok ]; then
+		[ "$passed" -gt 0 ] || echo "no test passed"
+		return
+	fi
+	local words=${expect#unsupported} missing=()
+	words=${words#:}
+	for w in ${words//,/ }; do
+		[[ $reason == *"$w"* ]] || missing+=("$w")
+	done
+	[ ${#missing[@]} -eq 0 ] || echo "doctor does not name ${missing[*]}"
+	# What sockhop does on a kernel it cannot run on was tested there.
+	if [[ " $pkgs " == *" ./pkg/datapath "* ]] && [ -z "${SOCKHOP_KERNEL_TEST_RUN:-}" ] &&
+		! grep -qx '@@ pass pkg/datapath TestUnsupportedKernel' <<<"$report"; then
+		echo "TestUnsupportedKernel did not pass"
+	fi
+}
+
 # --- run ----------------------------------------------------------------------
 P=0 F=0 S=0
 table=()
 rc=0
 total0=$SECONDS
 for spec in $kernels; do
+	expect=
+	case $spec in *=*) expect=${spec#*=} spec=${spec%%=*} ;; esac
 	pat=${spec%@*}
 	ktimeout=$timeout_default
 	[ "$pat" != "$spec" ] && ktimeout=${spec##*@}
@@ -309,32 +368,33 @@ for spec in $kernels; do
 		echo "  the guest's kernel said (console.log):"
 		grep -aE 'Out of memory|Oops|BUG:|WARNING:|Kernel panic' "$kout/console.log" | head -n 5 | cut -c1-200 | sed -E 's/^.*(\[ *[0-9]+\.[0-9]+\])/    \1/'
 	fi
+	verdict=incomplete passed=0 failed=0 skipped=0
 	eval "$(echo "$report" | sed -n 's/^@@ verdict=/verdict=/p')"
 	reason=$(echo "$report" | sed -n 's/^@@ reason //p')
 	wall=$((SECONDS - k0))
-	case $verdict in
-	ok) P=$((P + passed)) F=$((F + failed)) S=$((S + skipped)) ;;
-	failed | incomplete)
-		P=$((P + passed)) F=$((F + failed)) S=$((S + skipped))
+	P=$((P + passed)) F=$((F + failed)) S=$((S + skipped))
+	[ "$verdict" = incomplete ] && tail -n 30 "$kout/console.log" | sed 's/^/  console: /'
+	# Is this what the kernel must get?
+	why=$(check_expect "$expect" "$verdict" "$reason" "$report")
+	mark="as expected"
+	[ -z "$expect" ] && mark="(no expectation)"
+	if [ -n "$why" ]; then
 		rc=1
-		[ "$verdict" = incomplete ] && tail -n 30 "$kout/console.log" | sed 's/^/  console: /'
-		;;
-	unsupported)
-		# The datapath cannot run here: every test counts as skipped.
-		S=$((S + passed + failed + skipped))
-		;;
-	esac
-	if [ "$verdict" = unsupported ]; then
-		table+=("$(printf '%-30s %-11s %4ds (guest %ds)  all %d tests count as skipped: doctor: %s' \
-			"$kver" "$verdict" "$wall" "$guest" "$((passed + failed + skipped))" "$reason")")
-	else
-		table+=("$(printf '%-30s %-11s %4ds (guest %ds)  passed %d, failed %d, skipped %d' \
-			"$kver" "$verdict" "$wall" "$guest" "$passed" "$failed" "$skipped")")
+		mark="UNEXPECTED"
+		log "$pkg: UNEXPECTED: $why"
 	fi
+	line=$(printf '%-30s %-11s %-19s %4ds (guest %ds)  passed %d, failed %d, skipped %d' \
+		"$kver" "$verdict" "$mark" "$wall" "$guest" "$passed" "$failed" "$skipped")
+	[ -n "$why" ] && line="$line; $why"
+	[ -n "$reason" ] && line="$line; doctor: $reason"
+	table+=("$line")
 done
 
 echo
 echo "== kernel matrix: $((SECONDS - total0))s for the kernels, ${SECONDS}s in all"
 printf '%s\n' "${table[@]}"
-echo "total: passed $P, failed $F, skipped $S (a kernel sockhop cannot run on counts as skipped)"
+echo "total: passed $P, failed $F, skipped $S"
+if [ $rc -ne 0 ]; then
+	echo "KERNEL MATRIX FAILED: a kernel did not get its expected verdict (see above)"
+fi
 exit $rc

@@ -63,6 +63,24 @@ PASS
 @@@ exit test cmd/sockhop 0 1s
 `
 
+// What the kernel tests print where the kernel cannot run sockhop.
+const unsupportedSkips = `@@@ test pkg/datapath
+=== RUN   TestA
+    a_test.go:20: this kernel cannot run sockhop: kernel lacks kfunc bpf_cast_to_kern_ctx (Linux 6.2)
+--- SKIP: TestA (0.00s)
+=== RUN   TestF
+    f_test.go:7: this kernel cannot run sockhop: kernel lacks kfunc bpf_cast_to_kern_ctx (Linux 6.2)
+--- SKIP: TestF (0.00s)
+=== RUN   TestG
+    g_test.go:9: no cgroup v1 hierarchy
+--- SKIP: TestG (0.00s)
+=== RUN   TestUnsupportedKernel
+    unsupported_test.go:41: this kernel lacks kfunc bpf_cast_to_kern_ctx (Linux 6.2)
+--- PASS: TestUnsupportedKernel (0.20s)
+PASS
+@@@ exit test pkg/datapath 0 1s
+`
+
 const done = "@@@ leftovers\n@@@ done\n"
 
 func summarize(t *testing.T, log string) (report, verdict string) {
@@ -96,9 +114,14 @@ func TestSummaryVerdicts(t *testing.T) {
 		{"a guest that stops is incomplete", doctorOK + "@@@ test pkg/datapath\n=== RUN   TestA\n", "incomplete passed=0 failed=1 skipped=0",
 			[]string{"did not finish"}},
 		{"a guest that never reaches init is incomplete", "", "incomplete passed=0 failed=1 skipped=0", []string{"doctor: did not run"}},
-		{"doctor's failure makes the kernel unsupported", doctorFail + testsMixed + done, "unsupported passed=2 failed=1 skipped=1",
-			[]string{"@@ reason kernel: Linux 6.1.0-57-cloud-amd64 — sockhop needs Linux 6.10 or newer (bpf_link for sk_msg programs); upgrade the node's kernel\n"}},
-		{"leftovers are reported", doctorOK + passOnly + "@@@ leftovers\npin:/sys/fs/bpf/sockhop-test-1\n@@@ done\n", "ok passed=1 failed=0 skipped=0",
+		{"doctor's failure makes the kernel unsupported", doctorFail + unsupportedSkips + passOnly + done, "unsupported passed=2 failed=0 skipped=3",
+			[]string{"@@ reason kernel: Linux 6.1.0-57-cloud-amd64 — sockhop needs Linux 6.10 or newer (bpf_link for sk_msg programs); upgrade the node's kernel\n",
+				"SKIP 2 tests: this kernel cannot run sockhop: kernel lacks kfunc bpf_cast_to_kern_ctx (Linux 6.2)\n      TestA, TestF\n",
+				"SKIP TestG: g_test.go:9: no cgroup v1 hierarchy\n",
+				"@@ pass pkg/datapath TestUnsupportedKernel\n", "@@ pass cmd/sockhop TestE\n"}},
+		{"a failure on an unsupported kernel still fails it", doctorFail + testsMixed + done, "failed passed=2 failed=1 skipped=1",
+			[]string{"@@ reason kernel: Linux 6.1.0-57-cloud-amd64", "FAIL TestC/ipv6"}},
+		{"leftovers fail the kernel", doctorOK + passOnly + "@@@ leftovers\npin:/sys/fs/bpf/sockhop-test-1\n@@@ done\n", "failed passed=1 failed=1 skipped=0",
 			[]string{"left behind in the guest: pin:/sys/fs/bpf/sockhop-test-1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

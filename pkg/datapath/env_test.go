@@ -25,6 +25,20 @@ func requireRoot(t testing.TB) {
 	needs.Root(t, "to load BPF programs and create cgroups and network namespaces")
 }
 
+// requireKernel is requireRoot on a kernel that can run sockhop: where
+// Probe names a missing feature the test is skipped with it (failed in CI,
+// whose host kernel must run everything). TestUnsupportedKernel checks what
+// sockhop does on such a kernel instead. newEnv calls it; a test whose
+// subtests make the env calls it first too, so that it is reported skipped,
+// not passed with every subtest skipped.
+func requireKernel(t testing.TB) {
+	t.Helper()
+	requireRoot(t)
+	if err := datapath.Probe(); err != nil {
+		needs.Missing(t, "this kernel cannot run sockhop: "+err.Error())
+	}
+}
+
 // streamBytes is how many bytes each stream test moves per topology and
 // direction (SOCKHOP_TEST_MIB overrides, in MiB).
 func streamBytes() int64 {
@@ -44,7 +58,7 @@ type env struct {
 
 func newEnv(t testing.TB, opts datapath.Options) *env {
 	t.Helper()
-	requireRoot(t)
+	requireKernel(t)
 	bed, err := testbed.New()
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,9 @@ import (
 // never saw them) and that everything arrives in order.
 func TestClosedDatapathKeepsItsConnections(t *testing.T) {
 	needs.Root(t, "to load BPF programs")
+	if err := Probe(); err != nil {
+		needs.Missing(t, "this kernel cannot run sockhop: "+err.Error())
+	}
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -201,6 +201,7 @@ func receivers(t *testing.T, fn func(t *testing.T, uid int)) {
 // server behind the outbound sidecar: app → proxy and proxy → app on both
 // of its connections.
 func TestHazardRelaySplice(t *testing.T) {
+	requireKernel(t)
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, true)
 		s.server(s.client, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"198.18.0.1:9000"}, Seed: 31})
@@ -227,6 +228,7 @@ func TestHazardRelaySplice(t *testing.T) {
 
 // (b) An application that reads with splice(2) into a pipe.
 func TestHazardSplice(t *testing.T) {
+	requireKernel(t)
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, false)
 		reader := s.container(s.app, "reader")
@@ -250,6 +252,7 @@ func TestHazardSplice(t *testing.T) {
 // while the client writes 1 B to 64 KiB at a time: every read must return
 // exactly 100000 bytes until the last (the remainder), then EOF.
 func TestHazardWaitAll(t *testing.T) {
+	requireKernel(t)
 	receivers(t, func(t *testing.T, uid int) {
 		s := newSidecarPod(t, hazardOptions(t), true, false)
 		reader := s.container(s.app, "reader")
@@ -309,6 +312,7 @@ func (s *sidecarPod) hold(t *testing.T, what string, reader testbed.PeerSpec, re
 // at most the bound more than plain TCP lets it queue, then the reader
 // resumes and every byte arrives in order.
 func TestHazardBackpressure(t *testing.T) {
+	requireKernel(t)
 	opts := hazardOptions(t)
 	writer := func(target string) testbed.PeerSpec {
 		return testbed.PeerSpec{Mode: testbed.ModeHold, Target: target, Bytes: holdCap, MaxWrite: 64 << 10}
@@ -459,7 +463,7 @@ func TestHazardTCPInfo(t *testing.T) {
 // Rounds alternate the configurations; each figure is the median of the
 // rounds' p50s. Run: go test -run '^$' -bench GuardCost -benchtime 1x ./pkg/datapath
 func BenchmarkGuardCost(b *testing.B) {
-	requireRoot(b)
+	requireKernel(b)
 	configs := []struct {
 		name   string
 		opts   datapath.Options
@@ -537,7 +541,7 @@ func BenchmarkGuardCost(b *testing.B) {
 // tracepoints), and with NoSyscallGuard. Run: go test -run '^$' -bench
 // NodeSyscallCost ./pkg/datapath
 func BenchmarkNodeSyscallCost(b *testing.B) {
-	requireRoot(b)
+	requireKernel(b)
 	loop := func(b *testing.B) {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()

@@ -257,10 +257,10 @@ func TestRestartThenUninstallUnderTraffic(t *testing.T) {
 // the redirect or TCP.
 func waitSent(t *testing.T, e *env, n uint64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testbed.Patience(10 * time.Second))
 	for c := e.counters(); c.RedirectedBytes+c.TCPBytes < n; c = e.counters() {
 		if time.Now().After(deadline) {
-			t.Fatalf("paired sockets sent fewer than %d bytes after 10s: %v", n, c)
+			t.Fatalf("paired sockets sent fewer than %d bytes after %v: %v", n, testbed.Patience(10*time.Second), c)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -419,7 +419,7 @@ func TestOpenUsesTheInstalledDatapath(t *testing.T) {
 // the pod's namespace.
 func waitEstablished(t *testing.T, p *pod, port, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testbed.Patience(10 * time.Second))
 	for time.Now().Before(deadline) {
 		out, err := exec.Command("ip", "netns", "exec", p.ns.Name, "ss", "-Htn", "state", "established",
 			fmt.Sprintf("( dport = :%d )", port)).Output()
@@ -431,7 +431,7 @@ func waitEstablished(t *testing.T, p *pod, port, n int) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	t.Fatalf("%d connections to port %d not established within 10s", n, port)
+	t.Fatalf("%d connections to port %d not established within %v", n, port, testbed.Patience(10*time.Second))
 }
 
 // A pod deleted while no agent runs leaves a severed link: the next Load
@@ -524,7 +524,7 @@ func TestResizeUnderTraffic(t *testing.T) {
 	before := e.counters()
 	c := e.startClient(p, 0, spec)
 	// Wait until the streams are paired and moving.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testbed.Patience(10 * time.Second))
 	for d := diff(before, e.counters()); d.paired < 8 || d.redirBytes == 0; d = diff(before, e.counters()) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the streams were not paired and redirected: %v", d)
@@ -570,7 +570,7 @@ func TestResizeUnderTraffic(t *testing.T) {
 	// The old generation (its maps and receive-side tracepoints, which
 	// kept guarding the old connections' receivers) goes once its last
 	// connection has closed.
-	deadline = time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(testbed.Patience(10 * time.Second))
 	for {
 		left, err := datapath.SweepRetired(e.pinDir)
 		if err != nil {
@@ -594,6 +594,7 @@ func TestResizeUnderTraffic(t *testing.T) {
 // sockhash, so that its sends no longer run sk_msg (they are plain
 // tcp_sendmsg); every byte arrives in order.
 func TestBackpressureRetiresTheSender(t *testing.T) {
+	requireKernel(t)
 	for _, c := range []struct {
 		name  string
 		write int
@@ -657,7 +658,7 @@ func TestMapFill(t *testing.T) {
 	// While the 8 streams run: 16 sockets (less those that retired to
 	// plain TCP), 16 receivers, no pending entry once every client sent.
 	before := e.counters()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testbed.Patience(10 * time.Second))
 	for {
 		fills, err := e.dp.MapFill()
 		if err != nil {
@@ -686,7 +687,7 @@ func TestMapFill(t *testing.T) {
 	mustOK(t, res, 8, 64<<20)
 	// Closed connections leave nothing behind (their sockets may have
 	// retired from the sockhash earlier).
-	deadline = time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(testbed.Patience(10 * time.Second))
 	for {
 		fills, err := e.dp.MapFill()
 		if err != nil {

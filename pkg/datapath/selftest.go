@@ -194,6 +194,11 @@ type selfTestDatapath struct {
 }
 
 func loadSelfTestDatapath(backlogLimit int) (*selfTestDatapath, error) {
+	// On a kernel that cannot run the datapath, say which feature it lacks
+	// (a *FeatureError), not how the load of the object failed.
+	if err := Probe(); err != nil {
+		return nil, err
+	}
 	spec, err := newSpec(Options{ProxyUIDs: DefaultProxyUIDs, BacklogLimit: backlogLimit})
 	if err != nil {
 		return nil, err

@@ -18,7 +18,7 @@ import (
 // MSG_WAITALL, and nothing left behind. What this kernel does is the hazard
 // tests' business (hazard_test.go), not this test's.
 func TestSelfTest(t *testing.T) {
-	requireRoot(t)
+	requireKernel(t)
 	nsBefore := netnsCount(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

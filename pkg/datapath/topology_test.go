@@ -119,6 +119,7 @@ func TestRedirectInbound(t *testing.T) {
 // forwards to B's app over loopback. Both hops pair, the first across
 // network namespaces, only while both pod IPs are in the set.
 func TestSidecarToSidecar(t *testing.T) {
+	requireKernel(t)
 	for _, fam := range []struct{ name, a, b, target string }{
 		{"ipv4", "198.18.0.1", "198.18.0.2", "198.18.0.2:8080"},
 		{"ipv6", "2001:db8::1", "2001:db8::2", "[2001:db8::2]:8080"},
@@ -146,8 +147,21 @@ func TestSidecarToSidecar(t *testing.T) {
 				mustOK(t, e.client(a, istioProxyUID, spec), spec.Conns, spec.Bytes)
 				d := diff(before, e.counters())
 				// Two hops: A's proxy ↔ B's proxy, B's proxy ↔ B's app.
-				if d.paired != uint64(4*spec.Conns) || d.switches < uint64(spec.Conns) {
-					t.Fatalf("want both hops of %d connections paired: %v", spec.Conns, d)
+				// A server end can be established by data: most likely the
+				// client's first data segment overtook its handshake's last
+				// ACK (a veth queues each packet on the CPU that sent it)
+				// and created the server's socket. That end stays on TCP
+				// (data flowed before it was established: invariant 2), and
+				// its client end, paired already, finds no peer and stays
+				// on TCP too. Seen twice in eight kernel-matrix runs (6.12
+				// under TCG, ipv6), never on the host. Every socket must be
+				// paired or counted so, and most must pair.
+				flowed := d.pass[datapath.ReasonDataFlowed]
+				if d.paired+flowed != uint64(4*spec.Conns) || 2*flowed > uint64(spec.Conns) || d.switches < uint64(spec.Conns) {
+					t.Fatalf("want both hops of %d connections paired (but for a server end established by data): %v", spec.Conns, d)
+				}
+				if flowed > 0 {
+					t.Logf("%d server end(s) established by a data segment stayed on TCP, with their client ends", flowed)
 				}
 				t.Logf("%v", d)
 			})

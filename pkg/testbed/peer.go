@@ -174,9 +174,9 @@ func (b *Bed) Start(spec PeerSpec) (*Peer, error) {
 		}
 		p.Stop()
 		return nil, fmt.Errorf("%s peer did not start: %s %s", spec.Role, ev.Error, p.stderr.String())
-	case <-time.After(10 * time.Second):
+	case <-time.After(Patience(10 * time.Second)):
 		p.Stop()
-		return nil, fmt.Errorf("%s peer did not get ready in 10s: %s", spec.Role, p.stderr.String())
+		return nil, fmt.Errorf("%s peer did not get ready in %v: %s", spec.Role, Patience(10*time.Second), p.stderr.String())
 	}
 }
 

@@ -339,7 +339,7 @@ func splitmix64(x uint64) uint64 {
 
 // Dial connects to spec.Target (binding spec.SourcePort+i when set).
 func Dial(spec PeerSpec, i int) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
+	d := net.Dialer{Timeout: Patience(10 * time.Second)}
 	if spec.SourcePort != 0 {
 		d.LocalAddr = &net.TCPAddr{Port: spec.SourcePort + i}
 		d.Control = func(_, _ string, c syscall.RawConn) error {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,4 +197,16 @@ func cgroupFD(dir string) (int, error) {
 		return -1, fmt.Errorf("open cgroup %s: %w", dir, err)
 	}
 	return fd, nil
+}
+
+// Patience scales a wait for something that must happen (a peer getting
+// ready, a connection, bytes moving, a map emptying): SOCKHOP_TEST_PATIENCE=N
+// multiplies it by N, for emulated CPUs that are several times slower (the
+// kernel matrix sets it under TCG). A wait whose expiry is itself the finding
+// (a sink that sees no data) does not scale.
+func Patience(d time.Duration) time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("SOCKHOP_TEST_PATIENCE")); err == nil && n > 1 {
+		return d * time.Duration(n)
+	}
+	return d
 }
