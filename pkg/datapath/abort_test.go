@@ -1,6 +1,8 @@
 package datapath_test
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -11,12 +13,38 @@ import (
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
 
-// The abort iterator loads on this kernel (or the kernel truly lacks it).
+// The abort probe tells what the kernel does: from Linux 6.5 (the kfunc
+// bpf_sock_destroy for iter/tcp) it loads; before, it fails with a
+// FeatureError naming the feature, which the agent reports and lives with.
 func TestProbeAbort(t *testing.T) {
 	requireKernel(t)
-	if err := datapath.ProbeAbort(); err != nil {
-		t.Fatalf("%+v", err)
+	err := datapath.ProbeAbort()
+	var fe *datapath.FeatureError
+	switch {
+	case err == nil:
+	case !errors.As(err, &fe):
+		t.Fatalf("the probe failed without a FeatureError: %+v", err)
+	case kernelAtLeast(t, 6, 5):
+		t.Fatalf("Linux %s has bpf_sock_destroy, but the probe failed: %+v", release(t), err)
+	default:
+		t.Logf("Linux %s cannot abort, as expected before 6.5: %v", release(t), err)
 	}
+}
+
+func release(t *testing.T) string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func kernelAtLeast(t *testing.T, major, minor int) bool {
+	var maj, min int
+	if _, err := fmt.Sscanf(release(t), "%d.%d", &maj, &min); err != nil {
+		t.Fatalf("kernel release %q: %v", release(t), err)
+	}
+	return maj > major || maj == major && min >= minor
 }
 
 // abortBound is how long a stranded receiver may stay blocked: the issue's
