@@ -47,11 +47,10 @@ type statusJSON struct {
 	Hazards     []hazardView     `json:"hazards"`
 }
 
-// TestAttachStatusDetach drives the CLI against the real kernel: attach a
-// pod-shaped cgroup under a throwaway parent, see it and its traffic in
-// status, honour excluded ports, detach, uninstall; nothing is left.
-func TestAttachStatusDetach(t *testing.T) {
-	requireKernel(t)
+// cliBed gives a kernel test of the CLI a testbed, a bpffs directory of its
+// own (uninstalled at the end) and sh, which runs the CLI on it.
+func cliBed(t *testing.T) (*testbed.Bed, string, func(args ...string) (string, string, int)) {
+	t.Helper()
 	bed, err := testbed.New()
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +70,15 @@ func TestAttachStatusDetach(t *testing.T) {
 		t.Helper()
 		return cli(t, append([]string{"--bpffs-dir", pinDir}, args...)...)
 	}
+	return bed, pinDir, sh
+}
+
+// TestAttachStatusDetach drives the CLI against the real kernel: attach a
+// pod-shaped cgroup under a throwaway parent, see it and its traffic in
+// status, honour excluded ports, detach, uninstall; nothing is left.
+func TestAttachStatusDetach(t *testing.T) {
+	requireKernel(t)
+	bed, pinDir, sh := cliBed(t)
 	status := func() statusJSON {
 		t.Helper()
 		out, errOut, code := sh("status", "-o", "json", "--skip-self-test")
@@ -87,6 +95,7 @@ func TestAttachStatusDetach(t *testing.T) {
 	// A cgroup laid out as kubelet's cgroupfs driver names a BestEffort pod.
 	const uid = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 	var pod string
+	var err error
 	for _, dir := range []string{"kubepods", "kubepods/besteffort", "kubepods/besteffort/pod" + uid} {
 		if pod, err = bed.Cgroup(dir); err != nil {
 			t.Fatal(err)
@@ -384,30 +393,13 @@ func TestBenchQuickWithPlot(t *testing.T) {
 // are fine, and once the inner one is detached the outer one attaches.
 func TestAttachRefusesNested(t *testing.T) {
 	requireKernel(t)
-	bed, err := testbed.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := bed.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
-	t.Cleanup(func() {
-		if err := datapath.Uninstall(pinDir); err != nil {
-			t.Error(err)
-		}
-	})
+	bed, _, sh := cliBed(t)
 	dirs := map[string]string{}
+	var err error
 	for _, name := range []string{"outer", "outer/inner", "outer/inner/deeper", "sibling"} {
 		if dirs[name], err = bed.Cgroup(name); err != nil {
 			t.Fatal(err)
 		}
-	}
-	sh := func(args ...string) (string, string, int) {
-		t.Helper()
-		return cli(t, append([]string{"--bpffs-dir", pinDir}, args...)...)
 	}
 	mustAttach := func(name string) {
 		t.Helper()
@@ -440,25 +432,7 @@ func TestAttachRefusesNested(t *testing.T) {
 // closes.
 func TestUninstallWithAnOpenConnection(t *testing.T) {
 	requireKernel(t)
-	bed, err := testbed.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := bed.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
-	t.Cleanup(func() {
-		if err := datapath.Uninstall(pinDir); err != nil {
-			t.Error(err)
-		}
-	})
-	sh := func(args ...string) (string, string, int) {
-		t.Helper()
-		return cli(t, append([]string{"--bpffs-dir", pinDir}, args...)...)
-	}
+	bed, pinDir, sh := cliBed(t)
 	pod, err := bed.Cgroup("app")
 	if err != nil {
 		t.Fatal(err)
@@ -586,26 +560,12 @@ func TestAttachOnUnsupportedKernel(t *testing.T) {
 	} else if !errors.As(probeErr, &fe) {
 		t.Fatalf("Probe: want a *FeatureError, got %T: %v", probeErr, probeErr)
 	}
-	bed, err := testbed.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := bed.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	pinDir := "/sys/fs/bpf/sockhop-test-" + bed.ID()
-	t.Cleanup(func() {
-		if err := datapath.Uninstall(pinDir); err != nil {
-			t.Error(err)
-		}
-	})
+	bed, pinDir, sh := cliBed(t)
 	pod, err := bed.Cgroup("app")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, errOut, code := cli(t, "--bpffs-dir", pinDir, "attach", pod)
+	_, errOut, code := sh("attach", pod)
 	if code != exitFailure || !strings.Contains(errOut, fe.Feature) {
 		t.Fatalf("attach: exit %d, stderr %q; want exit %d naming %q", code, errOut, exitFailure, fe.Feature)
 	}
