@@ -501,20 +501,7 @@ func TestAgentUninstallOnDelete(t *testing.T) {
 	if err := os.Mkdir(f.cgroupDir(p), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	labels := map[string]string{"app": "sockhop-agent"}
-	ds := &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "sockhop"},
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "sockhop-agent"}}},
-			},
-		},
-	}
-	if err := f.client.Create(context.Background(), ds); err != nil {
-		t.Fatal(err)
-	}
+	ds := f.createDaemonSet(ns)
 	env := []string{"DAEMONSET_NAME=sockhop", "POD_NAMESPACE=" + ns}
 
 	a := f.startAgent(env...)
