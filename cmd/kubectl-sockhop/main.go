@@ -8,8 +8,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"io"
 	"os"
 
@@ -21,17 +19,7 @@ import (
 func main() {
 	cmd := newRootCommand(os.Stdout, os.Stderr)
 	cmd.SetArgs(os.Args[1:])
-	c, err := cmd.ExecuteC()
-	if err == nil {
-		return
-	}
-	fmt.Fprintf(os.Stderr, "Error: %v\n", err)
-	var ue *cliout.UsageError
-	if errors.As(err, &ue) {
-		fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", c.CommandPath())
-		os.Exit(2)
-	}
-	os.Exit(1)
+	os.Exit(cliout.ExitCode(cliout.Execute(cmd, os.Stderr)))
 }
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -40,7 +28,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		namespace: defaultNamespace,
 		selector:  defaultSelector,
 	}
-	root := &cobra.Command{
+	root := cliout.Root(&cobra.Command{
 		// kubectl shows plugins as "kubectl sockhop".
 		Use:   "kubectl sockhop",
 		Short: "sockhop across the cluster: status of every node, and a sysdump for bug reports",
@@ -50,20 +38,7 @@ a sysdump archive for a bug report.
 
 -n/--namespace is where the agents run (default sockhop-system, not the context's
 namespace); every other kubeconfig flag is kubectl's.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return cliout.Usagef("unknown command %q for %q", args[0], cmd.CommandPath())
-			}
-			return nil
-		},
-		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
-	}
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &cliout.UsageError{Err: err} })
-	root.CompletionOptions.DisableDefaultCmd = true
+	}, stdout, stderr)
 	c.flags.AddFlags(root.PersistentFlags())
 	root.PersistentFlags().StringVarP(&c.selector, "selector", "l", defaultSelector, "label selector of the agent pods")
 	root.AddCommand(newStatusCommand(c, stdout), newSysdumpCommand(c, stdout, stderr))

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/datapath"
 )
 
@@ -21,11 +22,11 @@ func TestAttachRefusesNextToTheAgent(t *testing.T) {
 	}
 	defer lock.Unlock()
 	_, errOut, code := cli(t, "--bpffs-dir", running, "attach", cg)
-	if code != exitFailure || !strings.Contains(errOut, "sockhop-agent manages this node") {
+	if code != cliout.ExitFailure || !strings.Contains(errOut, "sockhop-agent manages this node") {
 		t.Errorf("attach next to a running agent: exit %d, stderr %q", code, errOut)
 	}
 	_, errOut, code = cli(t, "--bpffs-dir", running, "uninstall", "--yes")
-	if code != exitFailure || !strings.Contains(errOut, "stop the agent first") {
+	if code != cliout.ExitFailure || !strings.Contains(errOut, "stop the agent first") {
 		t.Errorf("uninstall next to a running agent: exit %d, stderr %q", code, errOut)
 	}
 
@@ -34,7 +35,7 @@ func TestAttachRefusesNextToTheAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, errOut, code = cli(t, "--bpffs-dir", restarting, "attach", cg)
-	if code != exitFailure || !strings.Contains(errOut, "not running now") || !strings.Contains(errOut, "sockhop uninstall --yes") {
+	if code != cliout.ExitFailure || !strings.Contains(errOut, "not running now") || !strings.Contains(errOut, "sockhop uninstall --yes") {
 		t.Errorf("attach on an agent-managed node: exit %d, stderr %q", code, errOut)
 	}
 }

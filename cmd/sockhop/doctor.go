@@ -117,7 +117,7 @@ sockhop cannot accelerate here and traffic stays on TCP.`,
 			return err
 		}
 		if !rep.OK {
-			return errReported
+			return cliout.ErrReported
 		}
 		return nil
 	}

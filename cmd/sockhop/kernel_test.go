@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sockhop/sockhop/internal/needs"
+	"github.com/sockhop/sockhop/pkg/cliout"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
@@ -114,7 +115,7 @@ func TestAttachStatusDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, errOut, code := sh("status"); code != exitFailure || !strings.Contains(errOut, "not installed") {
+	if _, errOut, code := sh("status"); code != cliout.ExitFailure || !strings.Contains(errOut, "not installed") {
 		t.Fatalf("status before install: exit %d: %s", code, errOut)
 	}
 
@@ -213,7 +214,7 @@ func TestAttachStatusDetach(t *testing.T) {
 	if s = status(); s.Counters.PairedSockets != before.PairedSockets || s.Counters.RedirectedBytes != before.RedirectedBytes {
 		t.Fatalf("a detached pod must not be paired: before %+v after %+v", before, s.Counters)
 	}
-	if _, errOut, code := sh("detach", pod); code != exitFailure || !strings.Contains(errOut, "not attached") {
+	if _, errOut, code := sh("detach", pod); code != cliout.ExitFailure || !strings.Contains(errOut, "not attached") {
 		t.Fatalf("detaching twice: exit %d: %s", code, errOut)
 	}
 	if _, _, code := sh("detach", pod, "--ignore-not-found"); code != 0 {
@@ -221,7 +222,7 @@ func TestAttachStatusDetach(t *testing.T) {
 	}
 
 	// Uninstall asks for --yes, then removes every pin.
-	if _, errOut, code := sh("uninstall"); code != exitUsage || !strings.Contains(errOut, "--yes") {
+	if _, errOut, code := sh("uninstall"); code != cliout.ExitUsage || !strings.Contains(errOut, "--yes") {
 		t.Fatalf("uninstall without --yes: exit %d: %s", code, errOut)
 	}
 	if _, err := os.Stat(pinDir); err != nil {
@@ -233,7 +234,7 @@ func TestAttachStatusDetach(t *testing.T) {
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("pins left after uninstall: %v", err)
 	}
-	if _, _, code := sh("status"); code != exitFailure {
+	if _, _, code := sh("status"); code != cliout.ExitFailure {
 		t.Fatalf("status after uninstall: exit %d", code)
 	}
 }
@@ -287,7 +288,7 @@ func TestDoctorOnThisNode(t *testing.T) {
 	}
 	if err := datapath.Probe(); err != nil {
 		t.Logf("this kernel cannot run sockhop (%v): doctor must say so", err)
-		if code != exitFailure || rep.OK {
+		if code != cliout.ExitFailure || rep.OK {
 			t.Fatalf("doctor passes (exit %d) on a kernel that lacks a feature:\n%s", code, out)
 		}
 		for _, c := range datapath.Checks() {
@@ -410,7 +411,7 @@ func TestAttachRefusesNested(t *testing.T) {
 	refused := func(name, why string) {
 		t.Helper()
 		_, errOut, code := sh("attach", dirs[name])
-		if code != exitFailure || !strings.Contains(errOut, "nested attachment") || !strings.Contains(errOut, why) {
+		if code != cliout.ExitFailure || !strings.Contains(errOut, "nested attachment") || !strings.Contains(errOut, why) {
 			t.Fatalf("attach %s: exit %d, stderr %q; want it refused as nested (%s)", name, code, errOut, why)
 		}
 	}
@@ -496,7 +497,7 @@ func TestUninstallWithAnOpenConnection(t *testing.T) {
 
 	// Not installed, yet its sk_msg program runs for the open connection.
 	_, errOut, code = sh("status")
-	if code != exitFailure || !strings.Contains(errOut, "not installed") || !strings.Contains(errOut, "still in the kernel") {
+	if code != cliout.ExitFailure || !strings.Contains(errOut, "not installed") || !strings.Contains(errOut, "still in the kernel") {
 		t.Fatalf("status after uninstall with a connection open: exit %d: %s", code, errOut)
 	}
 	progs, err := datapath.Programs(pinDir)
@@ -566,13 +567,13 @@ func TestAttachOnUnsupportedKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, errOut, code := sh("attach", pod)
-	if code != exitFailure || !strings.Contains(errOut, fe.Feature) {
-		t.Fatalf("attach: exit %d, stderr %q; want exit %d naming %q", code, errOut, exitFailure, fe.Feature)
+	if code != cliout.ExitFailure || !strings.Contains(errOut, fe.Feature) {
+		t.Fatalf("attach: exit %d, stderr %q; want exit %d naming %q", code, errOut, cliout.ExitFailure, fe.Feature)
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a failed attach left %s (stat: %v)", pinDir, err)
 	}
-	if _, errOut, code := cli(t, "--bpffs-dir", pinDir, "status", "--skip-self-test"); code != exitFailure || !strings.Contains(errOut, "not installed") {
+	if _, errOut, code := cli(t, "--bpffs-dir", pinDir, "status", "--skip-self-test"); code != cliout.ExitFailure || !strings.Contains(errOut, "not installed") {
 		t.Errorf("status after the failed attach: exit %d: %s", code, errOut)
 	}
 }

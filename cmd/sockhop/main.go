@@ -7,8 +7,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"io"
 	"os"
 
@@ -23,7 +21,7 @@ func main() {
 	// `sockhop bench` re-executes this binary as its peer processes.
 	testbed.RunPeerIfRequested()
 	if err := run(); err != nil {
-		os.Exit(exitCode(err))
+		os.Exit(cliout.ExitCode(err))
 	}
 }
 
@@ -32,31 +30,8 @@ func main() {
 func run() error {
 	cmd := newRootCommand(os.Stdout, os.Stderr)
 	cmd.SetArgs(os.Args[1:])
-	return execute(cmd, os.Stderr)
+	return cliout.Execute(cmd, os.Stderr)
 }
-
-// execute runs cmd and prints its error, with a hint for usage errors.
-func execute(cmd *cobra.Command, stderr io.Writer) error {
-	c, err := cmd.ExecuteC()
-	if err == nil {
-		return nil
-	}
-	var ue *cliout.UsageError
-	if !errors.Is(err, errReported) {
-		fmt.Fprintf(stderr, "Error: %v\n", err)
-	}
-	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", c.CommandPath())
-	}
-	return err
-}
-
-// Exit codes.
-const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
-)
 
 // Output formats of -o.
 const (
@@ -64,22 +39,6 @@ const (
 	formatJSON     = "json"
 	formatMarkdown = "markdown"
 )
-
-func exitCode(err error) int {
-	var ue *cliout.UsageError
-	switch {
-	case err == nil:
-		return exitOK
-	case errors.As(err, &ue):
-		return exitUsage
-	default:
-		return exitFailure
-	}
-}
-
-// errReported is returned by commands that already printed why they fail
-// (doctor's failed checks): exit code 1 without a second message.
-var errReported = errors.New("failure reported above")
 
 // globalOptions are the flags every subcommand shares.
 type globalOptions struct {
@@ -90,30 +49,15 @@ type globalOptions struct {
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	g := &globalOptions{stdout: stdout, stderr: stderr}
-	root := &cobra.Command{
+	root := cliout.Root(&cobra.Command{
 		Use:   "sockhop",
 		Short: "Operate sockhop, the sidecar loopback accelerator, on this node",
 		Long: `sockhop makes the TCP hop between an application and its service-mesh sidecar
 skip the kernel's loopback TCP/IP stack. This CLI inspects and operates the
 datapath on the node it runs on (or inside the agent pod).`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		// Without this, cobra treats an unknown subcommand of a root
-		// without Run as a request for help and exits 0.
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return cliout.Usagef("unknown command %q for %q", args[0], cmd.CommandPath())
-			}
-			return nil
-		},
-		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
-	}
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &cliout.UsageError{Err: err} })
+	}, stdout, stderr)
 	root.PersistentFlags().StringVar(&g.pinDir, "bpffs-dir", datapath.DefaultPinDir,
 		"bpffs directory holding sockhop's pinned maps and links")
-	root.CompletionOptions.DisableDefaultCmd = true
 
 	root.AddCommand(
 		newStatusCommand(g),

@@ -25,8 +25,8 @@ func cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	var out, errOut bytes.Buffer
 	cmd := newRootCommand(&out, &errOut)
 	cmd.SetArgs(args)
-	err := execute(cmd, &errOut)
-	return out.String(), errOut.String(), exitCode(err)
+	err := cliout.Execute(cmd, &errOut)
+	return out.String(), errOut.String(), cliout.ExitCode(err)
 }
 
 func TestExitCodes(t *testing.T) {
@@ -37,35 +37,35 @@ func TestExitCodes(t *testing.T) {
 		// stderr must contain this.
 		msg string
 	}{
-		{[]string{"--help"}, exitOK, ""},
-		{[]string{}, exitOK, ""},
-		{[]string{"status", "--help"}, exitOK, ""},
-		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
-		{[]string{"status", "--no-such-flag"}, exitUsage, "unknown flag"},
-		{[]string{"status", "extra"}, exitUsage, "takes no arguments"},
-		{[]string{"status", "-o", "yaml"}, exitUsage, `unknown output format "yaml"`},
-		{[]string{"doctor", "-o", "wide"}, exitUsage, "unknown output format"},
-		{[]string{"bench", "-o", "csv"}, exitUsage, "unknown output format"},
-		{[]string{"bench", "--plot", "out.gif"}, exitUsage, ".png, .svg or .pdf"},
-		{[]string{"bench", "--rounds", "-1"}, exitUsage, "negative"},
-		{[]string{"bench", "--cases", "pingpong-1cpu,nosuch"}, exitUsage, `"nosuch" selects no case`},
-		{[]string{"bench", "--cases", "pingpong-1c"}, exitUsage, "selects no case"},
-		{[]string{"bench", "--list"}, exitOK, ""},
-		{[]string{"attach"}, exitUsage, "takes 1 argument"},
-		{[]string{"attach", "a", "b"}, exitUsage, "takes 1 argument"},
-		{[]string{"attach", "x", "--exclude-ports", "5432,abc"}, exitUsage, `entry 2 ("abc") is not a port`},
-		{[]string{"attach", "x", "--exclude-ports", "0"}, exitUsage, "port 0 is out of range"},
-		{[]string{"attach", "x", "--proxy-uids", "1,2,3,4,5"}, exitUsage, "at most 4"},
-		{[]string{"attach", "x", "--backlog-limit", "0"}, exitUsage, "--backlog-limit"},
-		{[]string{"attach", "../../etc"}, exitUsage, "leaves the cgroup v2 hierarchy"},
-		{[]string{"detach"}, exitUsage, "needs a CGROUP or --id"},
-		{[]string{"detach", "x", "--id", "3"}, exitUsage, "not both"},
-		{[]string{"detach", "--id", "nope"}, exitUsage, "invalid argument"},
-		{[]string{"--bpffs-dir", absent, "status"}, exitFailure, "not installed"},
-		{[]string{"--bpffs-dir", absent, "detach", "--id", "7"}, exitFailure, "not attached"},
-		{[]string{"--bpffs-dir", absent, "detach", "--id", "7", "--ignore-not-found"}, exitOK, ""},
-		{[]string{"--bpffs-dir", absent, "uninstall"}, exitOK, ""},
-		{[]string{"version", "-o", "json"}, exitOK, ""},
+		{[]string{"--help"}, cliout.ExitOK, ""},
+		{[]string{}, cliout.ExitOK, ""},
+		{[]string{"status", "--help"}, cliout.ExitOK, ""},
+		{[]string{"frobnicate"}, cliout.ExitUsage, `unknown command "frobnicate"`},
+		{[]string{"status", "--no-such-flag"}, cliout.ExitUsage, "unknown flag"},
+		{[]string{"status", "extra"}, cliout.ExitUsage, "takes no arguments"},
+		{[]string{"status", "-o", "yaml"}, cliout.ExitUsage, `unknown output format "yaml"`},
+		{[]string{"doctor", "-o", "wide"}, cliout.ExitUsage, "unknown output format"},
+		{[]string{"bench", "-o", "csv"}, cliout.ExitUsage, "unknown output format"},
+		{[]string{"bench", "--plot", "out.gif"}, cliout.ExitUsage, ".png, .svg or .pdf"},
+		{[]string{"bench", "--rounds", "-1"}, cliout.ExitUsage, "negative"},
+		{[]string{"bench", "--cases", "pingpong-1cpu,nosuch"}, cliout.ExitUsage, `"nosuch" selects no case`},
+		{[]string{"bench", "--cases", "pingpong-1c"}, cliout.ExitUsage, "selects no case"},
+		{[]string{"bench", "--list"}, cliout.ExitOK, ""},
+		{[]string{"attach"}, cliout.ExitUsage, "takes 1 argument"},
+		{[]string{"attach", "a", "b"}, cliout.ExitUsage, "takes 1 argument"},
+		{[]string{"attach", "x", "--exclude-ports", "5432,abc"}, cliout.ExitUsage, `entry 2 ("abc") is not a port`},
+		{[]string{"attach", "x", "--exclude-ports", "0"}, cliout.ExitUsage, "port 0 is out of range"},
+		{[]string{"attach", "x", "--proxy-uids", "1,2,3,4,5"}, cliout.ExitUsage, "at most 4"},
+		{[]string{"attach", "x", "--backlog-limit", "0"}, cliout.ExitUsage, "--backlog-limit"},
+		{[]string{"attach", "../../etc"}, cliout.ExitUsage, "leaves the cgroup v2 hierarchy"},
+		{[]string{"detach"}, cliout.ExitUsage, "needs a CGROUP or --id"},
+		{[]string{"detach", "x", "--id", "3"}, cliout.ExitUsage, "not both"},
+		{[]string{"detach", "--id", "nope"}, cliout.ExitUsage, "invalid argument"},
+		{[]string{"--bpffs-dir", absent, "status"}, cliout.ExitFailure, "not installed"},
+		{[]string{"--bpffs-dir", absent, "detach", "--id", "7"}, cliout.ExitFailure, "not attached"},
+		{[]string{"--bpffs-dir", absent, "detach", "--id", "7", "--ignore-not-found"}, cliout.ExitOK, ""},
+		{[]string{"--bpffs-dir", absent, "uninstall"}, cliout.ExitOK, ""},
+		{[]string{"version", "-o", "json"}, cliout.ExitOK, ""},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, stderr, code := cli(t, tc.args...)
@@ -75,7 +75,7 @@ func TestExitCodes(t *testing.T) {
 			if !strings.Contains(stderr, tc.msg) {
 				t.Fatalf("stderr %q lacks %q", stderr, tc.msg)
 			}
-			if tc.code == exitUsage && !strings.Contains(stderr, "--help' for usage") {
+			if tc.code == cliout.ExitUsage && !strings.Contains(stderr, "--help' for usage") {
 				t.Fatalf("a usage error must point at --help: %q", stderr)
 			}
 		})
@@ -83,11 +83,11 @@ func TestExitCodes(t *testing.T) {
 }
 
 func TestExitCodeOfWrappedErrors(t *testing.T) {
-	if got := exitCode(errors.Join(errors.New("x"), cliout.Usagef("y"))); got != exitUsage {
+	if got := cliout.ExitCode(errors.Join(errors.New("x"), cliout.Usagef("y"))); got != cliout.ExitUsage {
 		t.Fatalf("a wrapped usage error gives %d", got)
 	}
-	if got := exitCode(errReported); got != exitFailure {
-		t.Fatalf("errReported gives %d", got)
+	if got := cliout.ExitCode(cliout.ErrReported); got != cliout.ExitFailure {
+		t.Fatalf("cliout.ErrReported gives %d", got)
 	}
 }
 

@@ -5,6 +5,7 @@ package cliout
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -112,4 +113,67 @@ func Dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// ErrReported is returned by commands that already printed why they fail:
+// exit code 1 without a second message.
+var ErrReported = errors.New("failure reported above")
+
+// Exit codes.
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+)
+
+// ExitCode is the exit code for what a command returned.
+func ExitCode(err error) int {
+	var ue *UsageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &ue):
+		return ExitUsage
+	default:
+		return ExitFailure
+	}
+}
+
+// Root makes cmd a tool's root command: it prints its own errors (Execute),
+// a flag or an unknown subcommand is a usage error, and without one it
+// shows its help.
+func Root(cmd *cobra.Command, stdout, stderr io.Writer) *cobra.Command {
+	cmd.SilenceUsage = true
+	cmd.SilenceErrors = true
+	// Without this, cobra treats an unknown subcommand of a root without
+	// Run as a request for help and exits 0.
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return Usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+		}
+		return nil
+	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &UsageError{Err: err} })
+	cmd.CompletionOptions.DisableDefaultCmd = true
+	return cmd
+}
+
+// Execute runs cmd and prints its error on stderr, with a hint for usage
+// errors; the error it returns only decides the exit code (ExitCode).
+func Execute(cmd *cobra.Command, stderr io.Writer) error {
+	c, err := cmd.ExecuteC()
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ErrReported) {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", c.CommandPath())
+	}
+	return err
 }

@@ -2,6 +2,8 @@ package cliout
 
 import (
 	"errors"
+	"io"
+	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -44,5 +46,27 @@ func TestPortsYesNoDash(t *testing.T) {
 	}
 	if YesNo(true) != "yes" || YesNo(false) != "no" || Dash("") != "-" || Dash("x") != "x" {
 		t.Error("YesNo/Dash")
+	}
+}
+
+func TestExecuteAndExitCode(t *testing.T) {
+	var stderr strings.Builder
+	root := Root(&cobra.Command{Use: "tool"}, io.Discard, &stderr)
+	root.SetArgs([]string{"nosuch"})
+	err := Execute(root, &stderr)
+	if got := ExitCode(err); got != ExitUsage {
+		t.Fatalf("unknown subcommand: exit %d (%v), want %d", got, err, ExitUsage)
+	}
+	if !strings.Contains(stderr.String(), "Run 'tool --help' for usage.") {
+		t.Fatalf("no usage hint: %q", stderr.String())
+	}
+	stderr.Reset()
+	root.AddCommand(&cobra.Command{Use: "fails", RunE: func(*cobra.Command, []string) error { return ErrReported }})
+	root.SetArgs([]string{"fails"})
+	if got := ExitCode(Execute(root, &stderr)); got != ExitFailure || stderr.Len() != 0 {
+		t.Fatalf("an error already reported: exit %d, stderr %q; want %d and nothing printed", got, stderr.String(), ExitFailure)
+	}
+	if ExitCode(nil) != ExitOK {
+		t.Fatal("nil is not exit 0")
 	}
 }
