@@ -28,10 +28,11 @@ const heldConnsMarker = "sockhop-conns-held "
 // closes each at once, without sending.
 const ModeConnectClose = "connect-close"
 
-// ModeSlowSink is a server that reads 64 KiB at a time with a millisecond's
-// pause after each read (at most ~64 MB/s, whatever the CPU), until EOF,
-// then replies with the byte count as ModeSink does: a receiver any sender
-// outruns.
+// ModeSlowSink is a server that reads nothing for its first 100 ms (times
+// SOCKHOP_TEST_PATIENCE), then 64 KiB at a time with a millisecond's pause
+// after each read (at most ~64 MB/s), until EOF, then replies with the byte
+// count as ModeSink does: a receiver any sender outruns, even a sender slowed
+// down by emulation, whose queue fills from the first byte.
 const ModeSlowSink = "slow-sink"
 
 func init() {
@@ -43,6 +44,7 @@ func init() {
 func slowSink(_ PeerSpec, c *net.TCPConn) {
 	buf := make([]byte, 64<<10)
 	var n int64
+	time.Sleep(Patience(100 * time.Millisecond))
 	for {
 		got, err := c.Read(buf)
 		n += int64(got)
