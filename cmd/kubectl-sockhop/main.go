@@ -29,9 +29,11 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		selector:  defaultSelector,
 	}
 	root := cliout.Root(&cobra.Command{
-		// kubectl shows plugins as "kubectl sockhop".
-		Use:   "kubectl sockhop",
-		Short: "sockhop across the cluster: status of every node, and a sysdump for bug reports",
+		// kubectl shows plugins as "kubectl sockhop": help, usage lines and
+		// hints name the command as a user types it.
+		Use:         "kubectl-sockhop",
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl sockhop"},
+		Short:       "sockhop across the cluster: status of every node, and a sysdump for bug reports",
 		Long: `kubectl sockhop shows what sockhop does on every node of the cluster, from the
 agents themselves (it runs the node CLI 'sockhop' in each agent pod), and collects
 a sysdump archive for a bug report.

@@ -225,13 +225,20 @@ func TestUsage(t *testing.T) {
 	cmd := newRootCommand(&out, &errOut)
 	cmd.SetArgs([]string{"status", "-o", "xml"})
 	var ue *cliout.UsageError
-	if _, err := cmd.ExecuteC(); err == nil || !errors.As(err, &ue) {
+	if err := cliout.Execute(cmd, &errOut); err == nil || !errors.As(err, &ue) {
 		t.Errorf("-o xml: err = %v, want a usage error", err)
+	}
+	// The hint names the command as the user typed it.
+	if hint := "Run 'kubectl sockhop status --help' for usage."; !strings.Contains(errOut.String(), hint) {
+		t.Errorf("a usage error must end with %q: %q", hint, errOut.String())
 	}
 	cmd = newRootCommand(&out, &errOut)
 	cmd.SetArgs([]string{"status", "--help"})
 	if err := cmd.Execute(); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "kubectl sockhop status [flags]") {
+		t.Errorf("status --help must show the usage line as typed: %q", out.String())
 	}
 	for _, flag := range []string{"--kubeconfig", "--context", "--namespace", "--pods", "--output"} {
 		if !strings.Contains(out.String(), flag) {
