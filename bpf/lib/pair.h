@@ -437,13 +437,8 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return;
-	/* Data already flowed (TCP Fast Open): too late to pair in order. A
-	 * server end whose handshake completed with the client's first data
-	 * (TCP_DEFER_ACCEPT, or a late final ACK) may still join: it has sent
-	 * nothing, and the client's direction, on TCP so far, switches to
-	 * redirect only once this end has read every byte of it
-	 * (sh_may_switch: its copied_seq equals the client's write_seq). */
-	if (skops->data_segs_out || (skops->data_segs_in && side == SH_CLIENT)) {
+	/* Data already flowed (TCP Fast Open): too late to pair in order. */
+	if (skops->data_segs_in || skops->data_segs_out) {
 		sh_count(SH_STAT_SKIP_DATA, 1);
 		sh_pod_skip_data(skops);
 		return;
