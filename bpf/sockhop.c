@@ -190,6 +190,16 @@ static __always_inline int sh_may_switch(struct sk_msg_md *msg, struct sh_sock *
 		sh_final(msg, state, SH_TX_NO_PEER, SH_STAT_TX_NO_PEER, 0);
 		return 0;
 	}
+	/* The flags were read before copied_seq: a reader that started to
+	 * splice in between (its guard sets UNSAFE before the splice reads,
+	 * and the read moved copied_seq) shows in this atomic's old value,
+	 * which is ordered after our copied_seq read. */
+	if (sh_guard && (old & (SH_RX_UNSAFE | SH_RX_WAITALL))) {
+		if (!(old & SH_RX_INCOMING))
+			__sync_fetch_and_and(&rx->flags, ~(__u64)SH_RX_INCOMING);
+		sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX, 0);
+		return 0;
+	}
 	state->flags |= SH_SOCK_INCOMING;
 	return 1;
 }
