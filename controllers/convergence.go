@@ -65,25 +65,12 @@ func (c *convergence) Start(ctx context.Context) error {
 		}
 	}
 
-	period := c.r.ResyncPeriod
-	if period <= 0 {
-		period = DefaultResyncPeriod
-	}
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if w != nil {
-				w.addWatches()
-			}
-			if err := c.r.Converge(ctx); err != nil {
-				logger.Error(err, "convergence")
-			}
+	return every(ctx, c.r.ResyncPeriod, DefaultResyncPeriod, "convergence", func(ctx context.Context) error {
+		if w != nil {
+			w.addWatches()
 		}
-	}
+		return c.r.Converge(ctx)
+	})
 }
 
 // Converge brings every pod of the node to its desired state and detaches

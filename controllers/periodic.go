@@ -7,7 +7,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 )
 
-// every runs fn each period (def when period is 0) until ctx ends, logging
+// every runs fn each period (def when period is not positive) until ctx ends, logging
 // what fails as what: the loop of the agent's periodic reporters.
 func every(ctx context.Context, period, def time.Duration, what string, fn func(context.Context) error) error {
 	t := time.NewTicker(orDefault(period, def))
@@ -25,7 +25,7 @@ func every(ctx context.Context, period, def time.Duration, what string, fn func(
 }
 
 func orDefault(d, def time.Duration) time.Duration {
-	if d == 0 {
+	if d <= 0 {
 		return def
 	}
 	return d
