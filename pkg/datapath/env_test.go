@@ -194,6 +194,23 @@ func (e *env) run(ns *testbed.NetNS, args ...string) {
 	}
 }
 
+// reloadWithCapacity closes the env's datapath and loads it again with
+// another MaxConnections: the pinned maps no longer fit, so Load replaces
+// them (established connections keep the old ones).
+func (e *env) reloadWithCapacity(t testing.TB, conns int) {
+	t.Helper()
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts := e.opts
+	opts.MaxConnections = conns
+	dp, err := datapath.Load(opts)
+	if err != nil {
+		t.Fatalf("load with a new capacity: %v", err)
+	}
+	e.dp = dp
+}
+
 // delta is what happened between two counter readings.
 type delta struct {
 	paired, redirBytes, tcpBytes uint64

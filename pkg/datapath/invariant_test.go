@@ -532,16 +532,7 @@ func TestResizeUnderTraffic(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 
-	if err := e.dp.Close(); err != nil {
-		t.Fatal(err)
-	}
-	opts := e.opts
-	opts.MaxConnections = 2048
-	dp, err := datapath.Load(opts)
-	if err != nil {
-		t.Fatalf("load with a new capacity: %v", err)
-	}
-	e.dp = dp
+	e.reloadWithCapacity(t, 2048)
 	// The streams must still be running: the resize happened under them.
 	done := make(chan struct{})
 	var res testbed.Result
@@ -552,7 +543,7 @@ func TestResizeUnderTraffic(t *testing.T) {
 		t.Fatal("the streams ended before the resize: it was not tested under traffic")
 	default:
 	}
-	if n, err := dp.Sockets(); err != nil || n != 0 {
+	if n, err := e.dp.Sockets(); err != nil || n != 0 {
 		t.Fatalf("the new sockhash must start empty: %d sockets, %v", n, err)
 	}
 	newBefore := e.counters()

@@ -195,16 +195,7 @@ func TestPodStatsCarriedOverMapReplacement(t *testing.T) {
 	if before.Connections != 2 {
 		t.Fatalf("want 2 connections before the replacement: %+v", before)
 	}
-	if err := e.dp.Close(); err != nil {
-		t.Fatal(err)
-	}
-	opts := e.opts
-	opts.MaxConnections = 2048
-	dp, err := datapath.Load(opts)
-	if err != nil {
-		t.Fatalf("load with a new capacity: %v", err)
-	}
-	e.dp = dp
+	e.reloadWithCapacity(t, 2048)
 	if d := podDiff(before, e.podStats(p)["app"]); !d.zero() {
 		t.Fatalf("the pod's counters changed with the maps: %v", d)
 	}
