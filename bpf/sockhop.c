@@ -335,15 +335,25 @@ static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
 	__u64 *h;
 
 	if (!(rx->flags & flag)) {
+		__u64 old;
+
 		if (!(rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL)))
 			sh_count(SH_STAT_RX_UNSAFE, 1);
-		__sync_fetch_and_or(&rx->flags, flag);
+		old = __sync_fetch_and_or(&rx->flags, flag);
 		if (flag == SH_RX_UNSAFE && sh_backlog_of(sk)) {
 			__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED);
 			sh_count(SH_STAT_RX_STRANDED, 1);
 			hazard |= SH_HAZARD_STRANDED;
 			/* For the agent to abort (bpf/abort.c). */
-			sh_strand_record(sk, cgroup);
+			sh_strand_record(sk, cgroup, SH_STRAND_PENDING);
+		} else if (flag == SH_RX_UNSAFE && (old & SH_RX_INCOMING)) {
+			/* Nothing unread, but a sender redirects into it: one
+			 * that read these flags before our atomic may be
+			 * queueing a message right now, which this splice would
+			 * never see. (A sender that switches after our atomic
+			 * sees UNSAFE in its own and stays on TCP.) The agent
+			 * looks again once that message would have landed. */
+			sh_strand_record(sk, cgroup, SH_STRAND_WATCH);
 		}
 	}
 	/* Learn: this container's later sockets are not paired. */

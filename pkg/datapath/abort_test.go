@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sockhop/sockhop/internal/needs"
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
 )
@@ -65,7 +66,7 @@ func TestHazardStrandedAbort(t *testing.T) {
 	requireKernel(t)
 	receivers(t, func(t *testing.T, uid int) {
 		if err := datapath.ProbeAbort(); err != nil {
-			t.Skipf("this kernel cannot abort: %v", err)
+			needs.Missing(t, "this kernel cannot abort: "+err.Error())
 		}
 		opts := datapath.Options{AppReceivers: true}
 		dropped := dropAbort(t)
@@ -209,4 +210,172 @@ func inode(t *testing.T, path string) uint64 {
 		t.Fatal(err)
 	}
 	return st.Ino
+}
+
+// TestHazardStrandRace forces the race the guard's watch is for. A sender
+// that read its receiver's guard flags just before the receiver's first
+// splice set UNSAFE (nothing unread then, so the guard sees nothing
+// stranded) queues its message behind that splice. The test plays that
+// sender: with the splice blocked, it clears UNSAFE, lets the sender write
+// 1 MiB more (redirected), and sets UNSAFE again. The watched receiver is
+// then aborted like a stranded one. Not raced, the watch is cleared and
+// the splice gets the sender's next bytes over TCP. Without the watch
+// (or with SOCKHOP_HAZARD_DROP_GUARD=abort) the raced splice blocks until
+// its receive timeout and the test fails.
+func TestHazardStrandRace(t *testing.T) {
+	requireKernel(t)
+	for _, raced := range []bool{true, false} {
+		name := "raced"
+		if !raced {
+			name = "not-raced"
+		}
+		t.Run(name, func(t *testing.T) {
+			receivers(t, func(t *testing.T, uid int) {
+				if err := datapath.ProbeAbort(); err != nil {
+					needs.Missing(t, "this kernel cannot abort: "+err.Error())
+				}
+				strandRace(t, uid, raced)
+			})
+		})
+	}
+}
+
+func strandRace(t *testing.T, uid int, raced bool) {
+	dropped := dropAbort(t)
+	s := newSidecarPod(t, datapath.Options{AppReceivers: true}, true, false)
+	s.trustApp()
+	const seed, first = 79, 1 << 20
+	before := s.counters()
+	// The receiver reads the first MiB with read(2), the last 64 KiB of
+	// it redirected, then splices with nothing unread.
+	sink := s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeStrandSink, Listen: []string{"127.0.0.1:7310"}, Size: first, Bytes: first, Seed: seed})
+	sender := s.startClient(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeStrandSend, Target: "127.0.0.1:7310", Size: first, Bytes: 2 * first, MaxWrite: 64 << 10, Seed: seed})
+
+	end := time.Now().Add(testbed.HazardDeadline())
+	wait := func(what string, done func() (bool, error)) {
+		t.Helper()
+		for {
+			ok, err := done()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok {
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%s: not after %v; sink: %s; sender: %s", what, testbed.HazardDeadline(), sink.Stderr(), sender.Stderr())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait("the sender paused", func() (bool, error) { return testbed.StrandPaused(sender), nil })
+	var watched datapath.Strand
+	wait("the guard watches the splicing receiver", func() (bool, error) {
+		list, err := s.dp.Stranded()
+		for _, st := range list {
+			if st.State == datapath.StrandWatch {
+				watched = st
+				return true, err
+			}
+		}
+		return false, err
+	})
+	if d := diff(before, s.counters()); d.switches != 1 || d.stranded != 0 {
+		t.Fatalf("not set up as planned (one direction switched to redirect before the splice, nothing stranded): %v", d)
+	}
+
+	// What the agent does, every DefaultAbortPeriod, until the watch is
+	// decided: a young one is left for next time.
+	path, err := datapath.FindNetns(watched.Netns, []string{"/run/netns"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handled []datapath.Strand
+	decide := func() {
+		t.Helper()
+		if dropped {
+			return
+		}
+		wait("the watch decided", func() (bool, error) {
+			var err error
+			handled, err = s.dp.AbortStranded(path)
+			return len(handled) != 0, err
+		})
+	}
+	if !raced {
+		// Decided while the splice blocks, then the sender goes on.
+		decide()
+		if err := testbed.Resume(sender); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		flags, err := s.dp.RxFlags(watched.Socket)
+		if err != nil || flags&datapath.RxUnsafe == 0 {
+			t.Fatalf("the watched receiver's guard flags: %#x, %v; want UNSAFE", flags, err)
+		}
+		if err := s.dp.SetRxFlags(watched.Socket, flags&^datapath.RxUnsafe); err != nil {
+			t.Fatal(err)
+		}
+		if err := testbed.Resume(sender); err != nil {
+			t.Fatal(err)
+		}
+		wait("the sender wrote the rest", func() (bool, error) { return testbed.StrandWritten(sender), nil })
+		if flags, err = s.dp.RxFlags(watched.Socket); err == nil {
+			err = s.dp.SetRxFlags(watched.Socket, flags|datapath.RxUnsafe)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		decide()
+	}
+
+	var sinkRep testbed.StrandSinkReport
+	wait("the receiver's splice returned", func() (bool, error) {
+		var ok bool
+		sinkRep, ok = testbed.StrandSink(sink)
+		return ok, nil
+	})
+	t.Logf("handled %+v; receiver: %+v; datapath: %v", handled, sinkRep, diff(before, s.counters()))
+	if sinkRep.Error != "" || sinkRep.Read != first {
+		t.Fatalf("the receiver could not run as planned: read %d: %s", sinkRep.Read, sinkRep.Error)
+	}
+	if len(handled) != 1 || handled[0].Socket != watched.Socket || handled[0].Cgroup != inode(t, s.app.cgroup) {
+		t.Fatalf("AbortStranded handled %+v, want the watched receiver %+v", handled, watched)
+	}
+	if left, err := s.dp.Stranded(); err != nil || len(left) != 0 {
+		t.Fatalf("receivers left recorded: %+v %v", left, err)
+	}
+	d := diff(before, s.counters())
+	if !raced {
+		// The sender left for TCP on seeing UNSAFE: the splice got bytes.
+		if handled[0].State != datapath.StrandClear || sinkRep.SpliceN <= 0 || d.stranded != 0 {
+			t.Fatalf("not raced: handled %v, splice %d (%s), %v; want a cleared watch, bytes, nothing stranded",
+				handled[0].State, sinkRep.SpliceN, sinkRep.SpliceErr, d)
+		}
+		return // the sender's writes fail once the sink closed
+	}
+	if handled[0].State != datapath.StrandAborted || d.stranded != 1 {
+		t.Fatalf("raced: handled %v, %v; want the watched receiver aborted and counted stranded", handled[0].State, d)
+	}
+	if sinkRep.SpliceErrno != int(unix.ECONNABORTED) {
+		t.Fatalf("the raced receiver's splice returned %d (%s) after %v, want ECONNABORTED", sinkRep.SpliceN, sinkRep.SpliceErr, sinkRep.Blocked)
+	}
+	if w := handled[0].Waited; w > abortBound {
+		t.Fatalf("aborted %v after the guard's record, want within %v", w, abortBound)
+	}
+	s.waitBounded(sender, "strand sender")
+	sendRep, err := testbed.StrandSend(sender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sendRep.ReadErrno != int(unix.ECONNRESET) {
+		t.Fatalf("the sender's read after the abort returned %q, want ECONNRESET", sendRep.ReadErr)
+	}
+	l, err := s.dp.Learnt()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Hazardous[inode(t, s.app.cgroup)]&datapath.SawStranded == 0 {
+		t.Fatalf("the receiver's container is not learnt as stranded: %+v", l)
+	}
 }

@@ -91,6 +91,19 @@ type sockhopShRx struct {
 	Reads uint64
 }
 
+type sockhopShRxFlags uint32
+
+const (
+	sockhopShRxFlagsSH_RX_ALLOWED  sockhopShRxFlags = 1
+	sockhopShRxFlagsSH_RX_READ     sockhopShRxFlags = 2
+	sockhopShRxFlagsSH_RX_UNSAFE   sockhopShRxFlags = 4
+	sockhopShRxFlagsSH_RX_STRANDED sockhopShRxFlags = 8
+	sockhopShRxFlagsSH_RX_WAITALL  sockhopShRxFlags = 16
+	sockhopShRxFlagsSH_RX_RETIRING sockhopShRxFlags = 32
+	sockhopShRxFlagsSH_RX_RETIRED  sockhopShRxFlags = 64
+	sockhopShRxFlagsSH_RX_INCOMING sockhopShRxFlags = 128
+)
+
 type sockhopShSock struct {
 	_      structs.HostLayout
 	Peer   sockhopShKey
@@ -149,6 +162,8 @@ const (
 	sockhopShStrandStateSH_STRAND_ABORTED   sockhopShStrandState = 1
 	sockhopShStrandStateSH_STRAND_RECOVERED sockhopShStrandState = 2
 	sockhopShStrandStateSH_STRAND_FAILED    sockhopShStrandState = 3
+	sockhopShStrandStateSH_STRAND_WATCH     sockhopShStrandState = 4
+	sockhopShStrandStateSH_STRAND_CLEAR     sockhopShStrandState = 5
 )
 
 type sockhopShTx uint32

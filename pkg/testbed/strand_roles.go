@@ -26,9 +26,17 @@ const (
 	ModeStrandSink = "strand-sink"
 	// ModeStrandSend (client) writes Bytes of a Fill(Seed) stream, then
 	// blocks reading until the connection fails (or HazardDeadline), then
-	// writes once more; it reports both errors (StrandSendReport).
+	// writes once more; it reports both errors (StrandSendReport). With
+	// Size, it writes Size bytes first, the last MaxWrite of them after
+	// StrandSettle (so that its receiver has read the rest and the
+	// direction switches to redirect on that write), then waits for
+	// Resume before the rest.
 	ModeStrandSend = "strand-send"
 )
+
+// StrandSettle: what a ModeStrandSend peer with Size gives its receiver to
+// read what it wrote before its last write of the Size bytes.
+func StrandSettle() time.Duration { return Patience(200 * time.Millisecond) }
 
 // StrandSinkReport is what a ModeStrandSink peer saw.
 type StrandSinkReport struct {
@@ -59,6 +67,8 @@ const (
 	strandSplicingMarker = "sockhop-strand-splicing "
 	strandSinkMarker     = "sockhop-strand-sink "
 	strandSendMarker     = "sockhop-strand-send "
+	strandPausedMarker   = "sockhop-strand-paused"
+	strandWrittenMarker  = "sockhop-strand-written"
 )
 
 func init() {
@@ -163,7 +173,16 @@ func strandSend(spec PeerSpec) (Result, error) {
 	// Writes of MaxWrite exactly: at 4 KiB and more, the small-message
 	// bound (256 KiB) does not apply, so the whole rest stays redirected.
 	buf := make([]byte, max(spec.MaxWrite, 1))
+	paused := spec.Size <= 0
 	for rep.Written < spec.Bytes {
+		if !paused && rep.Written+int64(len(buf)) >= int64(spec.Size) {
+			time.Sleep(StrandSettle())
+		}
+		if !paused && rep.Written >= int64(spec.Size) {
+			paused = true
+			fmt.Fprintln(os.Stderr, strandPausedMarker)
+			<-resumed
+		}
 		n := int(min(int64(len(buf)), spec.Bytes-rep.Written))
 		Fill(buf[:n], spec.Seed, rep.Written)
 		w, err := c.Write(buf[:n])
@@ -178,6 +197,7 @@ func strandSend(spec PeerSpec) (Result, error) {
 		res.Errors = append(res.Errors, rep.Error)
 		return res, nil
 	}
+	fmt.Fprintln(os.Stderr, strandWrittenMarker)
 	// The receiver never writes: this read ends only when the connection does.
 	_, err = c.Read(make([]byte, 1))
 	if err == nil || errors.Is(err, io.EOF) {
@@ -207,6 +227,17 @@ func StrandSink(p *Peer) (StrandSinkReport, bool) {
 // StrandSplicing says whether a ModeStrandSink peer has started to splice.
 func StrandSplicing(p *Peer) bool {
 	return strings.Contains(p.Stderr(), strandSplicingMarker)
+}
+
+// StrandPaused says whether a ModeStrandSend peer with Size wrote its Size
+// bytes and waits for Resume.
+func StrandPaused(p *Peer) bool {
+	return strings.Contains(p.Stderr(), strandPausedMarker)
+}
+
+// StrandWritten says whether a ModeStrandSend peer wrote all its bytes.
+func StrandWritten(p *Peer) bool {
+	return strings.Contains(p.Stderr(), strandWrittenMarker)
 }
 
 // StrandSend is the report a finished ModeStrandSend peer printed.
