@@ -390,6 +390,25 @@ int sockhop_recv(unsigned long long *ctx)
 	return 0;
 }
 
+/*
+ * A socket closing: forget its receive-side entry. sockops does so at
+ * TCP_CLOSE for the sockets of attached pods (after learning from it); this
+ * is for a socket whose pod was detached while it was open, whose sockops
+ * program no longer runs. tcp_set_state runs the sockops STATE_CB before
+ * it stores the new state, which is where this tracepoint fires: an
+ * attached socket's entry is gone by then, and this is one failed lookup.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int sockhop_close(unsigned long long *ctx)
+{
+	__u64 sk = ctx[0];
+	int newstate = (int)ctx[2];
+
+	if (newstate == BPF_TCP_CLOSE)
+		bpf_map_delete_elem(&sockhop_rx, &sk);
+	return 0;
+}
+
 /* The socket behind a descriptor of the current process, or 0. */
 static __always_inline __u64 sh_sock_of_fd(long fd)
 {

@@ -45,6 +45,7 @@ const (
 	// The receive-side tracepoints: node-wide, attached once.
 	recvLinkID     = "tp-sock_recv_length"
 	sysenterLinkID = "tp-sys_enter"
+	closeLinkID    = "tp-inet_sock_set_state"
 	noUID          = 0xffffffff
 )
 
@@ -277,6 +278,9 @@ func (d *Datapath) relink() error {
 	if err := d.relinkTracing(filepath.Join(dir, recvLinkID), d.objs.SockhopRecv); err != nil {
 		return fmt.Errorf("attach the receive tracepoint: %w", err)
 	}
+	if err := d.relinkTracing(filepath.Join(dir, closeLinkID), d.objs.SockhopClose); err != nil {
+		return fmt.Errorf("attach the socket state tracepoint: %w", err)
+	}
 	sysPin := filepath.Join(dir, sysenterLinkID)
 	if d.opts.NoSyscallGuard {
 		if err := os.Remove(sysPin); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -395,7 +399,7 @@ func retireMaps(pinDir string, spec *ebpf.CollectionSpec) ([]carriedMap, error) 
 	if err := os.Rename(filepath.Join(pinDir, mapsDir), filepath.Join(gen, mapsDir)); err != nil {
 		return nil, fmt.Errorf("set aside the old maps: %w", err)
 	}
-	for _, id := range []string{recvLinkID, sysenterLinkID} {
+	for _, id := range []string{recvLinkID, sysenterLinkID, closeLinkID} {
 		err := os.Rename(filepath.Join(pinDir, linksDir, id), filepath.Join(gen, linksDir, id))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("set aside the old tracepoint link %s: %w", id, err)

@@ -697,3 +697,54 @@ func TestMapFill(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A pod detached while its connections are open: they keep running, and
+// when they close they leave nothing behind in the maps, although the pod's
+// sockops program no longer sees them close (the close tracepoint does).
+func TestDetachedConnectionsLeaveNothing(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 64})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	c := e.startClient(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 8, Parallel: 8, Bytes: 64 << 20, MaxWrite: 64 << 10})
+	fill := func() map[string]int {
+		t.Helper()
+		fills, err := e.dp.MapFill()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		for _, f := range fills {
+			got[f.Name] = f.Entries
+		}
+		return got
+	}
+	deadline := time.Now().Add(testbed.Patience(10 * time.Second))
+	for fill()["receivers"] != 16 {
+		if time.Now().After(deadline) {
+			t.Fatalf("want 16 receivers while 8 streams run: %v", fill())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := e.dp.Detach(p.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	if !peerRunning(t, c.PID()) {
+		t.Fatalf("the streams ended before the detach; make them longer: %v", fill())
+	}
+	res, err := c.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res, 8, 64<<20)
+	deadline = time.Now().Add(testbed.Patience(10 * time.Second))
+	for {
+		got := fill()
+		if got["sockhash"] == 0 && got["receivers"] == 0 && got["pending"] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connections closed after their pod was detached left entries behind: %v", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

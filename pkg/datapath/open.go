@@ -80,5 +80,15 @@ func Open(pinDir string) (*Datapath, error) {
 		}
 		*dst = p
 	}
+	// The close tracepoint's program: absent where a sockhop from before
+	// it is installed.
+	p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, "close"), nil)
+	switch {
+	case err == nil:
+		d.objs.SockhopClose = p
+	case !errors.Is(err, os.ErrNotExist):
+		d.Close()
+		return nil, fmt.Errorf("open pinned program close: %w", err)
+	}
 	return d, nil
 }

@@ -194,6 +194,7 @@ const (
 	sockhopMapSockhopStats     = "sockhop_stats"
 	sockhopMapSockhopStrand    = "sockhop_strand"
 	sockhopMapSockhopTrust     = "sockhop_trust"
+	sockhopProgSockhopClose    = "sockhop_close"
 	sockhopProgSockhopMsg      = "sockhop_msg"
 	sockhopProgSockhopRecv     = "sockhop_recv"
 	sockhopProgSockhopSockops  = "sockhop_sockops"
@@ -253,6 +254,7 @@ type sockhopSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockhopProgramSpecs struct {
+	SockhopClose    *ebpf.ProgramSpec `ebpf:"sockhop_close"`
 	SockhopMsg      *ebpf.ProgramSpec `ebpf:"sockhop_msg"`
 	SockhopRecv     *ebpf.ProgramSpec `ebpf:"sockhop_recv"`
 	SockhopSockops  *ebpf.ProgramSpec `ebpf:"sockhop_sockops"`
@@ -366,6 +368,7 @@ type sockhopVariables struct {
 //
 // It can be passed to loadSockhopObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockhopPrograms struct {
+	SockhopClose    *ebpf.Program `ebpf:"sockhop_close"`
 	SockhopMsg      *ebpf.Program `ebpf:"sockhop_msg"`
 	SockhopRecv     *ebpf.Program `ebpf:"sockhop_recv"`
 	SockhopSockops  *ebpf.Program `ebpf:"sockhop_sockops"`
@@ -374,6 +377,7 @@ type sockhopPrograms struct {
 
 func (p *sockhopPrograms) Close() error {
 	return _SockhopClose(
+		p.SockhopClose,
 		p.SockhopMsg,
 		p.SockhopRecv,
 		p.SockhopSockops,
