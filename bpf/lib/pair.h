@@ -343,14 +343,51 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 }
 
 /*
+ * Its peer leaves the sockhash too, once this socket has: nothing else
+ * redirects into the peer (only this socket did, and its sends are on TCP
+ * for good), and it can redirect into nothing (this socket's key is gone).
+ * In the sockhash all it would keep is tcp_bpf's receive path, slower than
+ * plain TCP's: a bulk receiver whose sender left for TCP at the bound reads
+ * the rest of the stream through it. Only once nothing redirected into it
+ * is unread (leaving frees its psock's queue) and this socket's last
+ * redirect is done: SH_RX_INCOMING, which this socket set on the peer's
+ * entry before redirecting, is cleared only by a send of ours that did not
+ * redirect. 1 when the peer is out (or cannot be taken out: closing).
+ */
+static __always_inline int sh_retire_peer(struct sh_sock *state)
+{
+	__u64 peer_pod = 0;
+	struct sh_rx *rx;
+
+	if (!state->peer_sk)
+		return 1;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
+	if (!rx || (rx->flags & SH_RX_RETIRED))
+		return 1;
+	if ((rx->flags & SH_RX_INCOMING) || (state->flags & SH_SOCK_INCOMING))
+		return 0;
+	if (sh_backlog_of_sk(state->peer_sk))
+		return 0; /* the next ACK tries again */
+	if (bpf_map_delete_elem(&sockhop_socks, &state->peer))
+		return 1; /* gone already (it left itself, or closed) */
+	__sync_fetch_and_or(&rx->flags, SH_RX_RETIRED);
+	sh_count(SH_STAT_RETIRED, 1);
+	/* Its own pod (it may be another pod on the node) counts it. */
+	if (sh_pod_of((struct sock *)state->peer_sk, &peer_pod))
+		sh_pod_count(peer_pod, SH_PODST_RETIRED);
+	return 1;
+}
+
+/*
  * A socket whose sends are on TCP for good (sh_final) leaves the sockhash,
  * so that its psock goes and it sends as plain TCP — but only once nothing
  * redirected into it is unread (leaving frees its psock's queue) and its
  * peer no longer redirects into it: the peer sets SH_RX_INCOMING on our
  * entry before it redirects (and backs off if it finds RETIRING there), and
  * clears it only from a send that did not redirect; both are atomics on
- * this one word. Runs on the ACKs of this socket's TCP sends, under its
- * socket lock.
+ * this one word. Then its peer leaves as well (sh_retire_peer). Runs on the
+ * ACKs of this socket's TCP sends, under its socket lock, until both have
+ * left.
  */
 static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 {
@@ -365,21 +402,26 @@ static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 		return;
 	addr = (__u64)kctx->sk;
 	rx = bpf_map_lookup_elem(&sockhop_rx, &addr);
-	if (!rx || (rx->flags & (SH_RX_INCOMING | SH_RX_RETIRED)) || !(rx->flags & SH_RX_RETIRING))
+	if (!rx || !(rx->flags & SH_RX_RETIRING))
 		return;
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
 	if (!state)
 		return;
-	if (sh_backlog_of_sk(addr))
-		return; /* redirected bytes unread: leaving would free them */
-	self.conn = state->peer.conn;
-	self.side = state->peer.side == SH_SERVER ? SH_CLIENT : SH_SERVER;
-	if (bpf_map_delete_elem(&sockhop_socks, &self))
-		return;
-	__sync_fetch_and_or(&rx->flags, SH_RX_RETIRED);
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
-	sh_count(SH_STAT_RETIRED, 1);
-	sh_pod_count(state->pod, SH_PODST_RETIRED);
+	if (!(rx->flags & SH_RX_RETIRED)) {
+		if (rx->flags & SH_RX_INCOMING)
+			return;
+		if (sh_backlog_of_sk(addr))
+			return; /* redirected bytes unread: leaving would free them */
+		self.conn = state->peer.conn;
+		self.side = state->peer.side == SH_SERVER ? SH_CLIENT : SH_SERVER;
+		if (bpf_map_delete_elem(&sockhop_socks, &self))
+			return;
+		__sync_fetch_and_or(&rx->flags, SH_RX_RETIRED);
+		sh_count(SH_STAT_RETIRED, 1);
+		sh_pod_count(state->pod, SH_PODST_RETIRED);
+	}
+	if (sh_retire_peer(state))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
 /* A paired socket closed: forget what was kept for it, and learn from how

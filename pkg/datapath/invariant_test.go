@@ -583,7 +583,8 @@ func TestResizeUnderTraffic(t *testing.T) {
 // Never slower than TCP after back-pressure: a one-way bulk sender whose
 // receiver falls behind by the bound goes to TCP for good and leaves the
 // sockhash, so that its sends no longer run sk_msg (they are plain
-// tcp_sendmsg); every byte arrives in order.
+// tcp_sendmsg), and its receiver after it, once it read what was redirected;
+// every byte arrives in order.
 func TestBackpressureRetiresTheSender(t *testing.T) {
 	requireKernel(t)
 	for _, c := range []struct {
@@ -624,8 +625,13 @@ func testRetire(t *testing.T, write int, bound uint64) {
 	if d.pass[datapath.ReasonBackpressure] == 0 {
 		t.Fatalf("the sink kept up with the sender: the bound never tripped, nothing tested (%v)", d)
 	}
-	if d.retired == 0 {
-		t.Fatalf("the sender went to TCP for good but stayed in the sockhash: %v", d)
+	// Both ends left: the sender, then its receiver once it had read
+	// what was redirected into it (it kept only tcp_bpf's receive path).
+	if d.retired != 2 {
+		t.Fatalf("the sender went to TCP for good: want it and its receiver out of the sockhash, %d left: %v", d.retired, d)
+	}
+	if d.pass[datapath.ReasonNoPeer] != 0 {
+		t.Fatalf("the receiver's reply ran sk_msg (it should have left the sockhash before): %v", d)
 	}
 	// The receiver may drain some while the sender writes: a few bounds'
 	// worth at most before the trip.
