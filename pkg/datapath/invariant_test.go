@@ -684,24 +684,7 @@ func TestMapFill(t *testing.T) {
 	mustOK(t, res, 8, 64<<20)
 	// Closed connections leave nothing behind (their sockets may have
 	// retired from the sockhash earlier).
-	deadline = time.Now().Add(testbed.Patience(10 * time.Second))
-	for {
-		fills, err := e.dp.MapFill()
-		if err != nil {
-			t.Fatal(err)
-		}
-		empty := true
-		for _, f := range fills {
-			empty = empty && f.Entries == 0
-		}
-		if empty {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("closed connections left entries behind: %+v", fills)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitMapsEmpty(t, e)
 }
 
 // A pod detached while its connections are open: they keep running, and
@@ -742,15 +725,5 @@ func TestDetachedConnectionsLeaveNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustOK(t, res, 8, 64<<20)
-	deadline = time.Now().Add(testbed.Patience(10 * time.Second))
-	for {
-		got := fill()
-		if got["sockhash"] == 0 && got["receivers"] == 0 && got["pending"] == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("connections closed after their pod was detached left entries behind: %v", got)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitMapsEmpty(t, e)
 }
