@@ -38,54 +38,26 @@ struct bpf_iter__tcp {
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 /* tcp_abort: ECONNABORTED to the receiver's pending and next calls, a reset
- * to its peer. The iterator holds the socket lock. */
+ * to its peer. The iterator holds the socket lock. The record says so
+ * first: the socket closes inside bpf_sock_destroy, and the close
+ * tracepoint (sockhop_close) forgets a record still pending. */
 static __always_inline int sh_destroy(struct sock_common *skc, struct sh_strand *s)
 {
 	__u32 key = 0;
 	__u64 *n;
 	int err;
 
+	s->state = SH_STRAND_ABORTED;
 	err = bpf_sock_destroy(skc);
 	if (err) {
 		s->state = SH_STRAND_FAILED;
 		s->err = err;
 		return 0;
 	}
-	s->state = SH_STRAND_ABORTED;
 	n = bpf_map_lookup_elem(&sockhop_aborts, &key);
 	if (n)
 		__sync_fetch_and_add(n, 1);
 	return 0;
-}
-
-/* A receiver that started to splice with nothing unread while its peer
- * redirected into it (sh_unsafe): once no message can still be on its way,
- * redirected bytes unread mean one landed behind the splice. */
-static __always_inline int sh_watched(struct sock_common *skc, __u64 sk, struct sh_strand *s)
-{
-	__u64 now = bpf_ktime_get_ns(), hazard = SH_HAZARD_STRANDED, *h;
-	struct sh_rx *rx;
-
-	if (now - s->since < SH_STRAND_GRACE)
-		return 0; /* the agent comes back */
-	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
-	if (!rx || !(rx->flags & SH_RX_UNSAFE))
-		return 0; /* stale: the agent drops the entry */
-	s->done = now;
-	if (!sh_backlog_of_sk(sk)) {
-		s->state = SH_STRAND_CLEAR;
-		return 0;
-	}
-	/* Stranded after all: count it and tell the agent's hazard reporter,
-	 * as the guard does for a receiver it sees stranded. */
-	__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED);
-	sh_count(SH_STAT_RX_STRANDED, 1);
-	h = bpf_map_lookup_elem(&sockhop_hazard, &s->cgroup);
-	if (h)
-		__sync_fetch_and_or(h, hazard);
-	else
-		bpf_map_update_elem(&sockhop_hazard, &s->cgroup, &hazard, BPF_NOEXIST);
-	return sh_destroy(skc, s);
 }
 
 SEC("iter/tcp")
@@ -102,11 +74,7 @@ int sockhop_abort(struct bpf_iter__tcp *ctx)
 		return 0;
 	sk = (__u64)skc;
 	s = bpf_map_lookup_elem(&sockhop_strand, &sk);
-	if (!s)
-		return 0;
-	if (s->state == SH_STRAND_WATCH)
-		return sh_watched(skc, sk, s);
-	if (s->state != SH_STRAND_PENDING)
+	if (!s || s->state != SH_STRAND_PENDING)
 		return 0;
 	/* Only a socket sockhop paired and saw stranded (a socket at a
 	 * reused address has a fresh sockhop_rx entry without the flag)... */

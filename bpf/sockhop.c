@@ -328,41 +328,45 @@ int sockhop_msg(struct sk_msg_md *msg)
  * follows every sock_recvmsg) becomes a receiver redirect may switch into;
  * MSG_WAITALL makes it unsafe.
  */
-static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
+static __always_inline void sh_learn(__u64 cgroup, __u64 hazard)
 {
-	__u64 cgroup = sh_cgroup_of((struct sock *)sk);
-	__u64 flag = hazard == SH_HAZARD_WAITALL ? SH_RX_WAITALL : SH_RX_UNSAFE;
 	__u64 *h;
 
-	if (!(rx->flags & flag)) {
-		__u64 old;
-
-		if (!(rx->flags & (SH_RX_UNSAFE | SH_RX_WAITALL)))
-			sh_count(SH_STAT_RX_UNSAFE, 1);
-		old = __sync_fetch_and_or(&rx->flags, flag);
-		if (flag == SH_RX_UNSAFE && sh_backlog_of(sk)) {
-			__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED);
-			sh_count(SH_STAT_RX_STRANDED, 1);
-			hazard |= SH_HAZARD_STRANDED;
-			/* For the agent to abort (bpf/abort.c). */
-			sh_strand_record(sk, cgroup, SH_STRAND_PENDING);
-		} else if (flag == SH_RX_UNSAFE && (old & SH_RX_INCOMING)) {
-			/* Nothing unread, but a sender redirects into it: one
-			 * that read these flags before our atomic may be
-			 * queueing a message right now, which this splice would
-			 * never see. (A sender that switches after our atomic
-			 * sees UNSAFE in its own and stays on TCP.) The agent
-			 * looks again once that message would have landed. */
-			sh_strand_record(sk, cgroup, SH_STRAND_WATCH);
-		}
-	}
-	/* Learn: this container's later sockets are not paired. */
+	/* This container's later sockets are not paired. */
 	bpf_map_delete_elem(&sockhop_trust, &cgroup);
 	h = bpf_map_lookup_elem(&sockhop_hazard, &cgroup);
 	if (h)
 		__sync_fetch_and_or(h, hazard);
 	else
 		bpf_map_update_elem(&sockhop_hazard, &cgroup, &hazard, BPF_NOEXIST);
+}
+
+/* A receiver seen splicing (or the like) has redirected bytes unread, which
+ * no such call sees: record it once, for the agent to abort (bpf/abort.c). */
+static __always_inline void sh_stranded(struct sh_rx *rx, __u64 sk, __u64 cgroup)
+{
+	if (__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED) & SH_RX_STRANDED)
+		return;
+	sh_count(SH_STAT_RX_STRANDED, 1);
+	sh_strand_record(sk, cgroup);
+	sh_learn(cgroup, SH_HAZARD_STRANDED);
+}
+
+static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
+{
+	__u64 cgroup = sh_cgroup_of((struct sock *)sk);
+	__u64 flag = hazard == SH_HAZARD_WAITALL ? SH_RX_WAITALL : SH_RX_UNSAFE;
+	__u64 old;
+
+	if (!(rx->flags & flag)) {
+		old = __sync_fetch_and_or(&rx->flags, flag);
+		if (!(old & (SH_RX_UNSAFE | SH_RX_WAITALL)))
+			sh_count(SH_STAT_RX_UNSAFE, 1);
+		/* Bytes that land later: sockhop_ready. */
+		if (flag == SH_RX_UNSAFE && !(old & SH_RX_UNSAFE) && sh_backlog_of(sk))
+			sh_stranded(rx, sk, cgroup);
+	}
+	sh_learn(cgroup, hazard);
 }
 
 #define MSG_PEEK 2
@@ -391,7 +395,32 @@ int sockhop_recv(unsigned long long *ctx)
 }
 
 /*
- * A socket closing: forget its receive-side entry. sockops does so at
+ * Redirected bytes landed in a receiver seen splicing (or the like), which
+ * it can never read. A sender that read the guard's flags just before the
+ * receiver's first splice set them redirects its message after all, and it
+ * lands here after that splice started with nothing unread (a sender that
+ * reads them after stays on TCP). sk_psock_data_ready calls the socket's
+ * sk_data_ready once the message is queued, and that fires this
+ * tracepoint; for every other socket on the node it is one read of
+ * sk_user_data.
+ */
+SEC("tp_btf/sk_data_ready")
+int sockhop_ready(unsigned long long *ctx)
+{
+	__u64 sk = ctx[0];
+	struct sh_rx *rx;
+
+	if (!sh_backlog_of_sk(sk))
+		return 0;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
+	if (!rx || (rx->flags & (SH_RX_UNSAFE | SH_RX_STRANDED)) != SH_RX_UNSAFE)
+		return 0;
+	sh_stranded(rx, sk, sh_cgroup_of((struct sock *)sk));
+	return 0;
+}
+
+/*
+ * A socket closing: forget its receive-side entries. sockops does so at
  * TCP_CLOSE for the sockets of attached pods (after learning from it); this
  * is for a socket whose pod was detached while it was open, whose sockops
  * program no longer runs. tcp_set_state runs the sockops STATE_CB before
@@ -403,9 +432,16 @@ int sockhop_close(unsigned long long *ctx)
 {
 	__u64 sk = ctx[0];
 	int newstate = (int)ctx[2];
+	struct sh_strand *s;
 
-	if (newstate == BPF_TCP_CLOSE)
-		bpf_map_delete_elem(&sockhop_rx, &sk);
+	if (newstate != BPF_TCP_CLOSE)
+		return 0;
+	bpf_map_delete_elem(&sockhop_rx, &sk);
+	/* A stranded receiver that closed before the agent aborted it
+	 * (the abort marks its record before destroying it). */
+	s = bpf_map_lookup_elem(&sockhop_strand, &sk);
+	if (s && s->state == SH_STRAND_PENDING)
+		bpf_map_delete_elem(&sockhop_strand, &sk);
 	return 0;
 }
 

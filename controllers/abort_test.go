@@ -73,9 +73,8 @@ func TestStrandAborterAbortsAndNamesThePod(t *testing.T) {
 			{Socket: 1, Netns: 7, Cgroup: inode(t, relay), Waited: 40 * time.Millisecond},
 			{Socket: 2, Netns: 7, Cgroup: inode(t, relay)},
 			{Socket: 3, Netns: 8, Cgroup: 99, Waited: time.Hour}, // its namespace is gone
-			{Socket: 5, Netns: 7, Cgroup: inode(t, relay), State: datapath.StrandWatch},
 		},
-		outcome: map[uint64]datapath.StrandState{1: datapath.StrandAborted, 2: datapath.StrandRecovered, 5: datapath.StrandClear},
+		outcome: map[uint64]datapath.StrandState{1: datapath.StrandAborted, 2: datapath.StrandRecovered},
 	}
 	events := &hazardEventLog{}
 	a := &StrandAborter{Source: src, Client: cl, Recorder: events, FindNetns: func(ino uint64) (string, error) {

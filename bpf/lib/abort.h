@@ -40,19 +40,7 @@ enum sh_strand_state {
 	SH_STRAND_RECOVERED = 2, /* its reader drained the redirected bytes
 				  * (recvmsg again): nothing to abort */
 	SH_STRAND_FAILED = 3,    /* bpf_sock_destroy returned an error (err) */
-	SH_STRAND_WATCH = 4,     /* recorded by the guard: the receiver started
-				  * to splice with nothing redirected unread,
-				  * while its peer redirects into it; a message
-				  * whose sender read the guard's flags just
-				  * before may still land (abort.c decides once
-				  * SH_STRAND_GRACE has passed) */
-	SH_STRAND_CLEAR = 5,     /* watched, and nothing landed: not stranded */
 };
-
-/* How long a watched receiver is left before the iterator looks: far more
- * than a sender takes from reading the guard's flags to queueing its
- * message (the same sendmsg call), so nothing can still be on its way. */
-#define SH_STRAND_GRACE (100ULL * 1000 * 1000)
 
 /* A stranded receiver, keyed by its kernel address (as sockhop_rx). */
 struct sh_strand {
@@ -80,15 +68,13 @@ struct {
 	__type(value, __u64);
 } sockhop_aborts SEC(".maps");
 
-/* Record a receiver the guard just saw stranded (SH_STRAND_PENDING) or may
- * have (SH_STRAND_WATCH). A full map (4096 receivers waiting for the agent)
- * loses the record: the connection then stalls as it would without the
- * abort, still counted as stranded. */
-static __always_inline void sh_strand_record(__u64 sk, __u64 cgroup, __u32 state)
+/* Record a receiver the guard just saw stranded. A full map (4096 stranded
+ * receivers waiting for the agent) loses the record: the connection then
+ * stalls as it would without the abort, still counted as stranded. */
+static __always_inline void sh_strand_record(__u64 sk, __u64 cgroup)
 {
 	struct sh_strand s = {};
 
-	s.state = state;
 	s.netns = BPF_CORE_READ((struct sock___sh *)sk, __sk_common.skc_net.net, ns.inum);
 	s.cgroup = cgroup;
 	s.since = bpf_ktime_get_ns();

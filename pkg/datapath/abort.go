@@ -36,13 +36,6 @@ const (
 	StrandRecovered = StrandState(sockhopShStrandStateSH_STRAND_RECOVERED)
 	// StrandFailed: bpf_sock_destroy returned an error (Strand.Err).
 	StrandFailed = StrandState(sockhopShStrandStateSH_STRAND_FAILED)
-	// StrandWatch: its reader started to splice with nothing unread
-	// while its peer redirected into it, and a message whose sender had
-	// just read the guard's flags may land behind the splice: the
-	// iterator looks again once it would have (strandGrace).
-	StrandWatch = StrandState(sockhopShStrandStateSH_STRAND_WATCH)
-	// StrandClear: watched, and nothing landed: not stranded.
-	StrandClear = StrandState(sockhopShStrandStateSH_STRAND_CLEAR)
 	// StrandGone: the socket closed before it was handled.
 	StrandGone = StrandState(100)
 )
@@ -57,10 +50,6 @@ func (s StrandState) String() string {
 		return "recovered"
 	case StrandFailed:
 		return "failed"
-	case StrandWatch:
-		return "watched"
-	case StrandClear:
-		return "clear"
 	case StrandGone:
 		return "gone"
 	}
@@ -215,8 +204,6 @@ func (d *Datapath) AbortStranded(netnsPath string) ([]Strand, error) {
 			abortMapSockhopStrand: d.objs.SockhopStrand,
 			abortMapSockhopRx:     d.objs.SockhopRx,
 			abortMapSockhopAborts: d.objs.SockhopAborts,
-			abortMapSockhopStats:  d.objs.SockhopStats,
-			abortMapSockhopHazard: d.objs.SockhopHazard,
 		})
 		if err != nil {
 			return nil, err
@@ -257,13 +244,11 @@ func (d *Datapath) collect(netns, start uint64) ([]Strand, error) {
 			continue
 		}
 		s := strandOf(sk, v, now)
-		switch {
-		case s.State == StrandPending && v.Since >= start:
-			continue // recorded while the iterator ran: next time
-		case s.State == StrandWatch && v.Since+strandGrace > start:
-			continue // too young for the iterator to decide: next time
-		case s.State == StrandPending || s.State == StrandWatch:
-			s.State = StrandGone // the iterator did not find its socket
+		if s.State == StrandPending {
+			if v.Since >= start {
+				continue // recorded while the iterator ran: next time
+			}
+			s.State = StrandGone
 		}
 		done = append(done, s)
 		keys = append(keys, sk)
@@ -278,9 +263,6 @@ func (d *Datapath) collect(netns, start uint64) ([]Strand, error) {
 	}
 	return done, nil
 }
-
-// strandGrace is SH_STRAND_GRACE (bpf/lib/abort.h).
-const strandGrace = 100 * uint64(time.Millisecond)
 
 // runIn runs fn on an OS thread that has entered the network namespace ns.
 // The thread is never handed back to the Go scheduler: it exits with the

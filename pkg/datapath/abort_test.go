@@ -212,42 +212,42 @@ func inode(t *testing.T, path string) uint64 {
 	return st.Ino
 }
 
-// TestHazardStrandRace forces the race the guard's watch is for. A sender
-// that read its receiver's guard flags just before the receiver's first
-// splice set UNSAFE (nothing unread then, so the guard sees nothing
-// stranded) queues its message behind that splice. The test plays that
-// sender: with the splice blocked, it clears UNSAFE, lets the sender write
-// 1 MiB more (redirected), and sets UNSAFE again. The watched receiver is
-// then aborted like a stranded one. Not raced, the watch is cleared and
-// the splice gets the sender's next bytes over TCP. Without the watch
-// (or with SOCKHOP_HAZARD_DROP_GUARD=abort) the raced splice blocks until
-// its receive timeout and the test fails.
+// TestHazardStrandRace: bytes that land in a receiver after it started to
+// splice with nothing unread. That is what a sender does that read the
+// guard's flags just before the receiver's first splice set them: it
+// redirects its message after all. The test plays that sender with the
+// guard off on the sending side (Unguarded: it redirects whatever the
+// flags say), so every later message lands behind the splice; the guard's
+// data-ready tracepoint must see the first one land, and the agent abort
+// the connection. With the guard on, the sender leaves for TCP on seeing
+// the splice and the splice gets its bytes: nothing is recorded. Without
+// the tracepoint (or with SOCKHOP_HAZARD_DROP_GUARD=abort) the landed
+// case's splice blocks until its receive timeout and the test fails.
 func TestHazardStrandRace(t *testing.T) {
 	requireKernel(t)
-	for _, raced := range []bool{true, false} {
-		name := "raced"
-		if !raced {
-			name = "not-raced"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		landed bool
+	}{{"landed", true}, {"guarded", false}} {
+		t.Run(c.name, func(t *testing.T) {
 			receivers(t, func(t *testing.T, uid int) {
 				if err := datapath.ProbeAbort(); err != nil {
 					needs.Missing(t, "this kernel cannot abort: "+err.Error())
 				}
-				strandRace(t, uid, raced)
+				strandRace(t, uid, c.landed)
 			})
 		})
 	}
 }
 
-func strandRace(t *testing.T, uid int, raced bool) {
+func strandRace(t *testing.T, uid int, landed bool) {
 	dropped := dropAbort(t)
-	s := newSidecarPod(t, datapath.Options{AppReceivers: true}, true, false)
+	s := newSidecarPod(t, datapath.Options{AppReceivers: true, Unguarded: landed}, true, false)
 	s.trustApp()
 	const seed, first = 79, 1 << 20
 	before := s.counters()
-	// The receiver reads the first MiB with read(2), the last 64 KiB of
-	// it redirected, then splices with nothing unread.
+	// The receiver reads the first MiB with read(2), then splices with
+	// nothing unread.
 	sink := s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeStrandSink, Listen: []string{"127.0.0.1:7310"}, Size: first, Bytes: first, Seed: seed})
 	sender := s.startClient(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeStrandSend, Target: "127.0.0.1:7310", Size: first, Bytes: 2 * first, MaxWrite: 64 << 10, Seed: seed})
 
@@ -268,65 +268,38 @@ func strandRace(t *testing.T, uid int, raced bool) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	wait("the sender paused", func() (bool, error) { return testbed.StrandPaused(sender), nil })
-	var watched datapath.Strand
-	wait("the guard watches the splicing receiver", func() (bool, error) {
-		list, err := s.dp.Stranded()
-		for _, st := range list {
-			if st.State == datapath.StrandWatch {
-				watched = st
-				return true, err
-			}
-		}
-		return false, err
+	wait("the sender paused, the receiver splices", func() (bool, error) {
+		return testbed.StrandPaused(sender) && diff(before, s.counters()).unsafeRx == 1, nil
 	})
-	if d := diff(before, s.counters()); d.switches != 1 || d.stranded != 0 {
-		t.Fatalf("not set up as planned (one direction switched to redirect before the splice, nothing stranded): %v", d)
+	if d := diff(before, s.counters()); d.switches != 1 || d.redirBytes == 0 || d.stranded != 0 {
+		t.Fatalf("not set up as planned (a direction switched to redirect before the splice, nothing stranded): %v", d)
 	}
-
-	// What the agent does, every DefaultAbortPeriod, until the watch is
-	// decided: a young one is left for next time.
-	path, err := datapath.FindNetns(watched.Netns, []string{"/run/netns"}, nil)
-	if err != nil {
+	if list, err := s.dp.Stranded(); err != nil || len(list) != 0 {
+		t.Fatalf("a receiver that splices with nothing unread is not stranded: %+v %v", list, err)
+	}
+	if err := testbed.Resume(sender); err != nil {
 		t.Fatal(err)
 	}
+
 	var handled []datapath.Strand
-	decide := func() {
-		t.Helper()
-		if dropped {
-			return
-		}
-		wait("the watch decided", func() (bool, error) {
-			var err error
-			handled, err = s.dp.AbortStranded(path)
-			return len(handled) != 0, err
-		})
-	}
-	if !raced {
-		// Decided while the splice blocks, then the sender goes on.
-		decide()
-		if err := testbed.Resume(sender); err != nil {
-			t.Fatal(err)
-		}
-	} else {
-		flags, err := s.dp.RxFlags(watched.Socket)
-		if err != nil || flags&datapath.RxUnsafe == 0 {
-			t.Fatalf("the watched receiver's guard flags: %#x, %v; want UNSAFE", flags, err)
-		}
-		if err := s.dp.SetRxFlags(watched.Socket, flags&^datapath.RxUnsafe); err != nil {
-			t.Fatal(err)
-		}
-		if err := testbed.Resume(sender); err != nil {
-			t.Fatal(err)
-		}
+	if landed {
 		wait("the sender wrote the rest", func() (bool, error) { return testbed.StrandWritten(sender), nil })
-		if flags, err = s.dp.RxFlags(watched.Socket); err == nil {
-			err = s.dp.SetRxFlags(watched.Socket, flags|datapath.RxUnsafe)
+		// What the agent does every DefaultAbortPeriod.
+		var strands []datapath.Strand
+		wait("the guard saw bytes land behind the splice", func() (bool, error) {
+			var err error
+			strands, err = s.dp.Stranded()
+			return len(strands) != 0, err
+		})
+		if !dropped {
+			path, err := datapath.FindNetns(strands[0].Netns, []string{"/run/netns"}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if handled, err = s.dp.AbortStranded(path); err != nil {
+				t.Fatalf("%+v", err)
+			}
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		decide()
 	}
 
 	var sinkRep testbed.StrandSinkReport
@@ -335,33 +308,27 @@ func strandRace(t *testing.T, uid int, raced bool) {
 		sinkRep, ok = testbed.StrandSink(sink)
 		return ok, nil
 	})
-	t.Logf("handled %+v; receiver: %+v; datapath: %v", handled, sinkRep, diff(before, s.counters()))
+	d := diff(before, s.counters())
+	t.Logf("handled %+v; receiver: %+v; datapath: %v", handled, sinkRep, d)
 	if sinkRep.Error != "" || sinkRep.Read != first {
 		t.Fatalf("the receiver could not run as planned: read %d: %s", sinkRep.Read, sinkRep.Error)
 	}
-	if len(handled) != 1 || handled[0].Socket != watched.Socket || handled[0].Cgroup != inode(t, s.app.cgroup) {
-		t.Fatalf("AbortStranded handled %+v, want the watched receiver %+v", handled, watched)
-	}
-	if left, err := s.dp.Stranded(); err != nil || len(left) != 0 {
-		t.Fatalf("receivers left recorded: %+v %v", left, err)
-	}
-	d := diff(before, s.counters())
-	if !raced {
-		// The sender left for TCP on seeing UNSAFE: the splice got bytes.
-		if handled[0].State != datapath.StrandClear || sinkRep.SpliceN <= 0 || d.stranded != 0 {
-			t.Fatalf("not raced: handled %v, splice %d (%s), %v; want a cleared watch, bytes, nothing stranded",
-				handled[0].State, sinkRep.SpliceN, sinkRep.SpliceErr, d)
+	if !landed {
+		// The sender left for TCP on seeing the splice: it got bytes.
+		if sinkRep.SpliceN <= 0 || d.stranded != 0 || d.pass[datapath.ReasonUnsafeRx] != 1 {
+			t.Fatalf("guarded: splice %d (%s), %v; want bytes, the direction on TCP (unsafe_receiver), nothing stranded",
+				sinkRep.SpliceN, sinkRep.SpliceErr, d)
+		}
+		if list, err := s.dp.Stranded(); err != nil || len(list) != 0 {
+			t.Fatalf("guarded: receivers recorded stranded: %+v %v", list, err)
 		}
 		return // the sender's writes fail once the sink closed
 	}
-	if handled[0].State != datapath.StrandAborted || d.stranded != 1 {
-		t.Fatalf("raced: handled %v, %v; want the watched receiver aborted and counted stranded", handled[0].State, d)
+	if len(handled) != 1 || handled[0].State != datapath.StrandAborted || handled[0].Cgroup != inode(t, s.app.cgroup) || d.stranded != 1 {
+		t.Fatalf("landed: handled %+v, %v; want the receiver aborted and counted stranded once", handled, d)
 	}
 	if sinkRep.SpliceErrno != int(unix.ECONNABORTED) {
-		t.Fatalf("the raced receiver's splice returned %d (%s) after %v, want ECONNABORTED", sinkRep.SpliceN, sinkRep.SpliceErr, sinkRep.Blocked)
-	}
-	if w := handled[0].Waited; w > abortBound {
-		t.Fatalf("aborted %v after the guard's record, want within %v", w, abortBound)
+		t.Fatalf("the receiver's splice returned %d (%s) after %v, want ECONNABORTED", sinkRep.SpliceN, sinkRep.SpliceErr, sinkRep.Blocked)
 	}
 	s.waitBounded(sender, "strand sender")
 	sendRep, err := testbed.StrandSend(sender)
@@ -370,6 +337,9 @@ func strandRace(t *testing.T, uid int, raced bool) {
 	}
 	if sendRep.ReadErrno != int(unix.ECONNRESET) {
 		t.Fatalf("the sender's read after the abort returned %q, want ECONNRESET", sendRep.ReadErr)
+	}
+	if left, err := s.dp.Stranded(); err != nil || len(left) != 0 {
+		t.Fatalf("stranded receivers left after the abort: %+v %v", left, err)
 	}
 	l, err := s.dp.Learnt()
 	if err != nil {

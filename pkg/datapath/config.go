@@ -84,7 +84,7 @@ func (d *Datapath) record() error {
 	for name, p := range map[string]*ebpf.Program{
 		"sockops": d.objs.SockhopSockops, "sk_msg": d.objs.SockhopMsg,
 		"recv": d.objs.SockhopRecv, "sys_enter": d.objs.SockhopSysenter,
-		"close": d.objs.SockhopClose,
+		"close": d.objs.SockhopClose, "ready": d.objs.SockhopReady,
 	} {
 		pin := filepath.Join(dir, name)
 		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {

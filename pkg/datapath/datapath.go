@@ -46,6 +46,7 @@ const (
 	recvLinkID     = "tp-sock_recv_length"
 	sysenterLinkID = "tp-sys_enter"
 	closeLinkID    = "tp-inet_sock_set_state"
+	readyLinkID    = "tp-sk_data_ready"
 	noUID          = 0xffffffff
 )
 
@@ -281,6 +282,9 @@ func (d *Datapath) relink() error {
 	if err := d.relinkTracing(filepath.Join(dir, closeLinkID), d.objs.SockhopClose); err != nil {
 		return fmt.Errorf("attach the socket state tracepoint: %w", err)
 	}
+	if err := d.relinkTracing(filepath.Join(dir, readyLinkID), d.objs.SockhopReady); err != nil {
+		return fmt.Errorf("attach the data ready tracepoint: %w", err)
+	}
 	sysPin := filepath.Join(dir, sysenterLinkID)
 	if d.opts.NoSyscallGuard {
 		if err := os.Remove(sysPin); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -399,7 +403,7 @@ func retireMaps(pinDir string, spec *ebpf.CollectionSpec) ([]carriedMap, error) 
 	if err := os.Rename(filepath.Join(pinDir, mapsDir), filepath.Join(gen, mapsDir)); err != nil {
 		return nil, fmt.Errorf("set aside the old maps: %w", err)
 	}
-	for _, id := range []string{recvLinkID, sysenterLinkID, closeLinkID} {
+	for _, id := range []string{recvLinkID, sysenterLinkID, closeLinkID, readyLinkID} {
 		err := os.Rename(filepath.Join(pinDir, linksDir, id), filepath.Join(gen, linksDir, id))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("set aside the old tracepoint link %s: %w", id, err)

@@ -80,15 +80,16 @@ func Open(pinDir string) (*Datapath, error) {
 		}
 		*dst = p
 	}
-	// The close tracepoint's program: absent where a sockhop from before
-	// it is installed.
-	p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, "close"), nil)
-	switch {
-	case err == nil:
-		d.objs.SockhopClose = p
-	case !errors.Is(err, os.ErrNotExist):
-		d.Close()
-		return nil, fmt.Errorf("open pinned program close: %w", err)
+	// Programs absent where a sockhop from before them is installed.
+	for name, dst := range map[string]**ebpf.Program{"close": &d.objs.SockhopClose, "ready": &d.objs.SockhopReady} {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
+		switch {
+		case err == nil:
+			*dst = p
+		case !errors.Is(err, os.ErrNotExist):
+			d.Close()
+			return nil, fmt.Errorf("open pinned program %s: %w", name, err)
+		}
 	}
 	return d, nil
 }

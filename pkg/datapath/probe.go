@@ -69,6 +69,7 @@ func Checks() []Check {
 		{"tracepoint sock_recv_length (Linux 6.3)", haveKernelType("btf_trace_sock_recv_length")},
 		{"tracepoint sys_enter", haveKernelType("btf_trace_sys_enter")},
 		{"tracepoint inet_sock_set_state", haveKernelType("btf_trace_inet_sock_set_state")},
+		{"tracepoint sk_data_ready (Linux 6.4)", haveKernelType("btf_trace_sk_data_ready")},
 		{"field sk_psock.msg_tot_len (the 2026 sockmap FIONREAD fix)", haveKernelField("sk_psock", "msg_tot_len")},
 		{"kfunc bpf_cast_to_kern_ctx (Linux 6.2)", haveKernelFunc("bpf_cast_to_kern_ctx")},
 	}

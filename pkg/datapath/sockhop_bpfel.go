@@ -91,19 +91,6 @@ type sockhopShRx struct {
 	Reads uint64
 }
 
-type sockhopShRxFlags uint32
-
-const (
-	sockhopShRxFlagsSH_RX_ALLOWED  sockhopShRxFlags = 1
-	sockhopShRxFlagsSH_RX_READ     sockhopShRxFlags = 2
-	sockhopShRxFlagsSH_RX_UNSAFE   sockhopShRxFlags = 4
-	sockhopShRxFlagsSH_RX_STRANDED sockhopShRxFlags = 8
-	sockhopShRxFlagsSH_RX_WAITALL  sockhopShRxFlags = 16
-	sockhopShRxFlagsSH_RX_RETIRING sockhopShRxFlags = 32
-	sockhopShRxFlagsSH_RX_RETIRED  sockhopShRxFlags = 64
-	sockhopShRxFlagsSH_RX_INCOMING sockhopShRxFlags = 128
-)
-
 type sockhopShSock struct {
 	_      structs.HostLayout
 	Peer   sockhopShKey
@@ -162,8 +149,6 @@ const (
 	sockhopShStrandStateSH_STRAND_ABORTED   sockhopShStrandState = 1
 	sockhopShStrandStateSH_STRAND_RECOVERED sockhopShStrandState = 2
 	sockhopShStrandStateSH_STRAND_FAILED    sockhopShStrandState = 3
-	sockhopShStrandStateSH_STRAND_WATCH     sockhopShStrandState = 4
-	sockhopShStrandStateSH_STRAND_CLEAR     sockhopShStrandState = 5
 )
 
 type sockhopShTx uint32
@@ -196,6 +181,7 @@ const (
 	sockhopMapSockhopTrust     = "sockhop_trust"
 	sockhopProgSockhopClose    = "sockhop_close"
 	sockhopProgSockhopMsg      = "sockhop_msg"
+	sockhopProgSockhopReady    = "sockhop_ready"
 	sockhopProgSockhopRecv     = "sockhop_recv"
 	sockhopProgSockhopSockops  = "sockhop_sockops"
 	sockhopProgSockhopSysenter = "sockhop_sysenter"
@@ -256,6 +242,7 @@ type sockhopSpecs struct {
 type sockhopProgramSpecs struct {
 	SockhopClose    *ebpf.ProgramSpec `ebpf:"sockhop_close"`
 	SockhopMsg      *ebpf.ProgramSpec `ebpf:"sockhop_msg"`
+	SockhopReady    *ebpf.ProgramSpec `ebpf:"sockhop_ready"`
 	SockhopRecv     *ebpf.ProgramSpec `ebpf:"sockhop_recv"`
 	SockhopSockops  *ebpf.ProgramSpec `ebpf:"sockhop_sockops"`
 	SockhopSysenter *ebpf.ProgramSpec `ebpf:"sockhop_sysenter"`
@@ -370,6 +357,7 @@ type sockhopVariables struct {
 type sockhopPrograms struct {
 	SockhopClose    *ebpf.Program `ebpf:"sockhop_close"`
 	SockhopMsg      *ebpf.Program `ebpf:"sockhop_msg"`
+	SockhopReady    *ebpf.Program `ebpf:"sockhop_ready"`
 	SockhopRecv     *ebpf.Program `ebpf:"sockhop_recv"`
 	SockhopSockops  *ebpf.Program `ebpf:"sockhop_sockops"`
 	SockhopSysenter *ebpf.Program `ebpf:"sockhop_sysenter"`
@@ -379,6 +367,7 @@ func (p *sockhopPrograms) Close() error {
 	return _SockhopClose(
 		p.SockhopClose,
 		p.SockhopMsg,
+		p.SockhopReady,
 		p.SockhopRecv,
 		p.SockhopSockops,
 		p.SockhopSysenter,
