@@ -402,8 +402,15 @@ static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 		return;
 	addr = (__u64)kctx->sk;
 	rx = bpf_map_lookup_elem(&sockhop_rx, &addr);
-	if (!rx || !(rx->flags & SH_RX_RETIRING))
+	if (!rx)
 		return;
+	if (!(rx->flags & SH_RX_RETIRING)) {
+		/* Taken out by its peer (sh_retire_peer): nothing left to do
+		 * on its ACKs. */
+		if (rx->flags & SH_RX_RETIRED)
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+		return;
+	}
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
 	if (!state)
 		return;
