@@ -2,6 +2,8 @@ package datapath_test
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -558,6 +560,78 @@ func BenchmarkNodeSyscallCost(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			newEnv(b, c.opts)
 			loop(b)
+		})
+	}
+}
+
+// BenchmarkNodeSocketCost measures what the node-wide tracepoints cost a TCP
+// connection of a process in no attached pod: a 64-byte ping-pong over
+// loopback (sys_enter, sock_recv_length and sk_data_ready run for every
+// message) and a connect, accept and close loop (inet_sock_set_state), with
+// no sockhop loaded and with the default datapath. Run: go test -run '^$'
+// -bench NodeSocketCost ./pkg/datapath
+func BenchmarkNodeSocketCost(b *testing.B) {
+	requireKernel(b)
+	listen := func(b *testing.B, serve func(net.Conn)) net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go serve(c)
+			}
+		}()
+		return ln
+	}
+	pingpong := func(b *testing.B) {
+		ln := listen(b, func(c net.Conn) {
+			defer c.Close()
+			io.Copy(c, c)
+		})
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	connect := func(b *testing.B) {
+		ln := listen(b, func(c net.Conn) { c.Close() })
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Read(make([]byte, 1)) // until the server closed
+			c.Close()
+		}
+	}
+	for _, c := range []struct {
+		name string
+		opts *datapath.Options
+	}{{"no-sockhop", nil}, {"default", &datapath.Options{AppReceivers: true}}, {"no-syscall-guard", &datapath.Options{AppReceivers: true, NoSyscallGuard: true}}} {
+		b.Run(c.name, func(b *testing.B) {
+			if c.opts != nil {
+				newEnv(b, *c.opts)
+			}
+			b.Run("pingpong-64B", pingpong)
+			b.Run("connect-close", connect)
 		})
 	}
 }
