@@ -433,10 +433,15 @@ int sockhop_close(unsigned long long *ctx)
 	__u64 sk = ctx[0];
 	int newstate = (int)ctx[2];
 	struct sh_strand *s;
+	struct sh_sock *state;
 
 	if (newstate != BPF_TCP_CLOSE)
 		return 0;
 	bpf_map_delete_elem(&sockhop_rx, &sk);
+	/* A client that never learnt its server's address (as sh_closed). */
+	state = bpf_sk_storage_get(&sockhop_state, (void *)sk, 0, 0);
+	if (state && state->peer.side == SH_SERVER && !state->peer_sk)
+		bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
 	/* A stranded receiver that closed before the agent aborted it
 	 * (the abort marks its record before destroying it). */
 	s = bpf_map_lookup_elem(&sockhop_strand, &sk);

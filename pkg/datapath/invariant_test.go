@@ -727,3 +727,40 @@ func TestDetachedConnectionsLeaveNothing(t *testing.T) {
 	mustOK(t, res, 8, 64<<20)
 	waitMapsEmpty(t, e)
 }
+
+// A client of a detached pod whose server never joined (it runs in a cgroup
+// that is not attached) leaves no pending entry when it closes, although
+// its pod's sockops program no longer sees it close.
+func TestDetachedClientLeavesNoPending(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 64})
+	p := e.pod("app", true)
+	other, err := e.bed.Cgroup("not-attached")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &pod{name: "srv", ns: p.ns, cgroup: other}
+	e.server(srv, 0, testbed.PeerSpec{Mode: testbed.ModeEcho, Listen: []string{"127.0.0.1:8080"}})
+	c := e.startClient(p, 0, testbed.PeerSpec{Mode: testbed.ModeConnHold, Target: "127.0.0.1:8080", Conns: 4, Parallel: 4, Size: 16})
+	if err := testbed.WaitConnsHeld(c, testbed.Patience(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	fills, err := e.dp.MapFill()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fills {
+		if f.Name == "pending" && f.Entries != 4 {
+			t.Fatalf("want the 4 clients waiting for their server: %+v", fills)
+		}
+	}
+	if err := e.dp.Detach(p.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	if err := testbed.Resume(c); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := c.Wait(); err != nil || res.Err() != nil {
+		t.Fatalf("held connections: %v %v", err, res.Err())
+	}
+	waitMapsEmpty(t, e)
+}
