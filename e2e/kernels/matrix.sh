@@ -57,7 +57,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 GO=${GO:-go}
 
-kernels=${SOCKHOP_KERNELS:-"linux-image-6.1.0-*-cloud-amd64=unsupported:bpf_link,sock_recv_length,msg_tot_len,bpf_cast_to_kern_ctx linux-image-6.12.*+deb12-cloud-amd64=ok"}
+kernels=${SOCKHOP_KERNELS:-"linux-image-6.1.0-*-cloud-amd64=unsupported:bpf_link,sock_recv_length,sk_data_ready,msg_tot_len,bpf_cast_to_kern_ctx linux-image-6.12.*+deb12-cloud-amd64=ok"}
 timeout_default=${SOCKHOP_KERNEL_TIMEOUT:-1800}
 pkgs=${SOCKHOP_KERNEL_PKGS:-"./pkg/datapath ./cmd/sockhop"}
 test_timeout=${SOCKHOP_KERNEL_TEST_TIMEOUT:-40m}
