@@ -348,8 +348,11 @@ static __always_inline void sh_stranded(struct sh_rx *rx, __u64 sk, __u64 cgroup
 	if (__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED) & SH_RX_STRANDED)
 		return;
 	sh_count(SH_STAT_RX_STRANDED, 1);
-	sh_strand_record(sk, cgroup);
 	sh_learn(cgroup, SH_HAZARD_STRANDED);
+	/* Not recorded (the map is full): the next splice or landing tries
+	 * again. */
+	if (sh_strand_record(sk, cgroup))
+		__sync_fetch_and_and(&rx->flags, ~(__u64)SH_RX_STRANDED);
 }
 
 static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
@@ -362,8 +365,14 @@ static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
 		old = __sync_fetch_and_or(&rx->flags, flag);
 		if (!(old & (SH_RX_UNSAFE | SH_RX_WAITALL)))
 			sh_count(SH_STAT_RX_UNSAFE, 1);
-		/* Bytes that land later: sockhop_ready. */
-		if (flag == SH_RX_UNSAFE && !(old & SH_RX_UNSAFE) && sh_backlog_of(sk))
+	}
+	if (flag == SH_RX_UNSAFE) {
+		/* Every splice (not only the first): one that finds
+		 * redirected bytes unread cannot see them, whatever the reader
+		 * did in between. Bytes that land later: sockhop_ready. */
+		if (rx->flags & SH_RX_RECVD)
+			__sync_fetch_and_and(&rx->flags, ~(__u64)SH_RX_RECVD);
+		if (sh_backlog_of(sk))
 			sh_stranded(rx, sk, cgroup);
 	}
 	sh_learn(cgroup, hazard);
@@ -387,7 +396,13 @@ int sockhop_recv(unsigned long long *ctx)
 		sh_unsafe(rx, sk, SH_HAZARD_WAITALL);
 		return 0;
 	}
-	if (ret <= 0 || (flags & MSG_PEEK) || (rx->flags & SH_RX_READ))
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return 0;
+	/* Seen stranded, now reading with a call that sees redirected data
+	 * (first the redirected bytes, in order): not stuck. */
+	if ((rx->flags & (SH_RX_STRANDED | SH_RX_RECVD)) == SH_RX_STRANDED)
+		__sync_fetch_and_or(&rx->flags, SH_RX_RECVD);
+	if (rx->flags & SH_RX_READ)
 		return 0;
 	if (__sync_fetch_and_add(&rx->reads, 1) + 1 >= SH_MIN_READS)
 		__sync_fetch_and_or(&rx->flags, SH_RX_READ);
@@ -430,16 +445,20 @@ int sockhop_ready(unsigned long long *ctx)
 SEC("tp_btf/inet_sock_set_state")
 int sockhop_close(unsigned long long *ctx)
 {
-	__u64 sk = ctx[0];
 	int newstate = (int)ctx[2];
 	struct sh_strand *s;
 	struct sh_sock *state;
+	__u64 sk;
 
 	if (newstate != BPF_TCP_CLOSE)
 		return 0;
+	/* The socket straight from the context: a pointer that went through
+	 * the stack as a map key is a scalar to older verifiers (6.12), which
+	 * bpf_sk_storage_get refuses. */
+	state = bpf_sk_storage_get(&sockhop_state, (void *)ctx[0], 0, 0);
+	sk = ctx[0];
 	bpf_map_delete_elem(&sockhop_rx, &sk);
 	/* A client that never learnt its server's address (as sh_closed). */
-	state = bpf_sk_storage_get(&sockhop_state, (void *)sk, 0, 0);
 	if (state && state->peer.side == SH_SERVER && !state->peer_sk)
 		bpf_map_delete_elem(&sockhop_pending, &state->peer.conn);
 	/* A stranded receiver that closed before the agent aborted it
