@@ -82,10 +82,15 @@ int sockhop_abort(struct bpf_iter__tcp *ctx)
 	if (!rx || !(rx->flags & SH_RX_STRANDED))
 		return 0; /* stale: the agent drops the entry */
 	s->done = bpf_ktime_get_ns();
-	/* ...and only while redirected bytes are still unread: a reader that
-	 * went back to recvmsg has drained them, in order. */
-	if (!sh_backlog_of_sk(sk)) {
-		s->state = SH_STRAND_RECOVERED;
+	/* ...and only while its reader is stuck: not one that went back to
+	 * recvmsg since (it reads the redirected bytes first, in order), nor
+	 * one whose redirected bytes are all read. Such a receiver is
+	 * forgotten here, and recorded again if its next splice finds
+	 * redirected bytes unread or bytes land behind it. (The iterator
+	 * holds its socket lock, as does a redirect that queues into it.) */
+	if ((rx->flags & SH_RX_RECVD) || !sh_backlog_of_sk(sk)) {
+		__sync_fetch_and_and(&rx->flags, ~(__u64)(SH_RX_STRANDED | SH_RX_RECVD));
+		bpf_map_delete_elem(&sockhop_strand, &sk);
 		return 0;
 	}
 	return sh_destroy(skc, s);

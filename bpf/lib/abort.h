@@ -6,7 +6,10 @@
  * iterator in bpf/abort.c in the socket's network namespace, which destroys
  * it with bpf_sock_destroy (ECONNABORTED for the receiver, a reset for its
  * peer) and writes the outcome back into the entry. The agent reads the
- * outcome (for its Event) and deletes the entry. docs/hazards.md.
+ * outcome (for its Event) and deletes the entry. A receiver that recovered
+ * (it reads with recvmsg again, or drained the bytes) is forgotten by the
+ * iterator itself, and recorded again if it is stranded again.
+ * docs/hazards.md.
  */
 #pragma once
 
@@ -71,12 +74,12 @@ struct {
 /* Record a receiver the guard just saw stranded. A full map (4096 stranded
  * receivers waiting for the agent) loses the record: the connection then
  * stalls as it would without the abort, still counted as stranded. */
-static __always_inline void sh_strand_record(__u64 sk, __u64 cgroup)
+static __always_inline long sh_strand_record(__u64 sk, __u64 cgroup)
 {
 	struct sh_strand s = {};
 
 	s.netns = BPF_CORE_READ((struct sock___sh *)sk, __sk_common.skc_net.net, ns.inum);
 	s.cgroup = cgroup;
 	s.since = bpf_ktime_get_ns();
-	bpf_map_update_elem(&sockhop_strand, &sk, &s, BPF_NOEXIST);
+	return bpf_map_update_elem(&sockhop_strand, &sk, &s, BPF_NOEXIST);
 }

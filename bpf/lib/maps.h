@@ -88,6 +88,9 @@ enum sh_rx_flags {
 			      * sockhash once nothing is redirected into it */
 	SH_RX_RETIRED = 64,  /* left the sockhash */
 	SH_RX_INCOMING = 128, /* its peer redirects into it (set by the peer) */
+	SH_RX_RECVD = 256,    /* read with recvmsg/read since it was seen
+			       * stranded: back on a call that sees
+			       * redirected data (cleared by its next splice) */
 };
 
 /* Reads with recvmsg/read (returning data, without MSG_WAITALL) a receiver

@@ -32,7 +32,9 @@ const (
 	// StrandAborted: its connection was aborted, both ends saw an error.
 	StrandAborted = StrandState(sockhopShStrandStateSH_STRAND_ABORTED)
 	// StrandRecovered: its reader went back to recvmsg and read the
-	// redirected bytes, in order: nothing to abort.
+	// redirected bytes, in order: nothing to abort. (The iterator now
+	// forgets such a receiver itself; a datapath pinned before that may
+	// still report it.)
 	StrandRecovered = StrandState(sockhopShStrandStateSH_STRAND_RECOVERED)
 	// StrandFailed: bpf_sock_destroy returned an error (Strand.Err).
 	StrandFailed = StrandState(sockhopShStrandStateSH_STRAND_FAILED)
@@ -182,7 +184,7 @@ func ProbeAbort() error {
 // one): it runs the abort iterator from a thread that enters that
 // namespace (CAP_SYS_ADMIN), which destroys each recorded receiver whose
 // redirected bytes are still unread. It returns every receiver of that
-// namespace it handled (aborted, recovered, failed, or gone: closed
+// namespace it handled (aborted, failed, or gone: closed
 // before), and forgets them. A *FeatureError means the kernel cannot.
 func (d *Datapath) AbortStranded(netnsPath string) ([]Strand, error) {
 	if d.objs.SockhopStrand == nil {

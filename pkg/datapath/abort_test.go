@@ -349,3 +349,70 @@ func strandRace(t *testing.T, uid int, landed bool) {
 		t.Fatalf("the receiver's container is not learnt as stranded: %+v", l)
 	}
 }
+
+// TestHazardStrandRecovered: a receiver that splices once into redirected
+// bytes it cannot see (recorded stranded) and then goes back to read(2)
+// gets every byte in order, and is not aborted although its sender keeps
+// redirecting into it while it catches up; its record goes. Without the
+// guard's "read since" mark the abort destroys it mid-read.
+func TestHazardStrandRecovered(t *testing.T) {
+	requireKernel(t)
+	receivers(t, func(t *testing.T, uid int) {
+		if err := datapath.ProbeAbort(); err != nil {
+			needs.Missing(t, "this kernel cannot abort: "+err.Error())
+		}
+		s := newSidecarPod(t, datapath.Options{AppReceivers: true}, true, false)
+		s.trustApp()
+		const seed, part, total = 81, 1 << 20, 3 << 20
+		before := s.counters()
+		sink := s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeStrandRecoverSink, Listen: []string{"127.0.0.1:7320"}, Size: part, Bytes: total, Seed: seed})
+		sender := s.startClient(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeStrandSend, Target: "127.0.0.1:7320", Bytes: total, MaxWrite: 64 << 10, Seed: seed})
+		end := time.Now().Add(testbed.HazardDeadline())
+		for !testbed.StrandRecovering(sink) {
+			if time.Now().After(end) {
+				t.Fatalf("the receiver never spliced: %s", sink.Stderr())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		strands, err := s.dp.Stranded()
+		if err != nil || len(strands) != 1 {
+			t.Fatalf("want the receiver recorded stranded at its splice: %+v %v", strands, err)
+		}
+		path, err := datapath.FindNetns(strands[0].Netns, []string{"/run/netns"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// What the agent does, while the receiver catches up (2 MiB at
+		// 64 KiB every 10 ms: about 0.3 s).
+		var rep testbed.StrandSinkReport
+		polls := 0
+		for ok := false; !ok; rep, ok = testbed.StrandSink(sink) {
+			if time.Now().After(end) {
+				t.Fatalf("the receiver did not finish: %s", sink.Stderr())
+			}
+			handled, err := s.dp.AbortStranded(path)
+			if err != nil {
+				t.Fatalf("%+v", err)
+			}
+			for _, h := range handled {
+				if h.State == datapath.StrandAborted {
+					t.Fatalf("aborted a receiver that reads with read(2) again: %+v", h)
+				}
+			}
+			polls++
+			time.Sleep(20 * time.Millisecond)
+		}
+		d := diff(before, s.counters())
+		t.Logf("receiver: %+v; %d polls; datapath: %v", rep, polls, d)
+		if rep.Error != "" || rep.Read != total || rep.SpliceErrno != int(unix.EAGAIN) {
+			t.Fatalf("the receiver: %+v; want all %d bytes in order after an EAGAIN splice", rep, total)
+		}
+		if d.stranded != 1 || s.counters().Aborted != before.Aborted {
+			t.Fatalf("want one stranded receiver counted and none aborted: %v", d)
+		}
+		if left, err := s.dp.Stranded(); err != nil || len(left) != 0 {
+			t.Fatalf("the recovered receiver's record is left: %+v %v", left, err)
+		}
+		sender.Stop() // it waits for the connection to end
+	})
+}

@@ -24,6 +24,13 @@ const (
 	// unread, then calls a blocking splice(2) and reports how it ended
 	// (StrandSinkReport, on stderr).
 	ModeStrandSink = "strand-sink"
+	// ModeStrandRecoverSink (server) reads Size bytes of a Fill(Seed)
+	// stream with read(2), waits until Size more are queued unread, makes
+	// one non-blocking splice(2) (which cannot see them: EAGAIN), then
+	// reads the rest of the stream's Bytes with read(2), 64 KiB every
+	// 10 ms, checked, and reports (StrandSinkReport): a receiver that
+	// splices once and goes back to read(2), which must not be aborted.
+	ModeStrandRecoverSink = "strand-recover-sink"
 	// ModeStrandSend (client) writes Bytes of a Fill(Seed) stream, then
 	// blocks reading until the connection fails (or HazardDeadline), then
 	// writes once more; it reports both errors (StrandSendReport). With
@@ -67,12 +74,14 @@ const (
 	strandSplicingMarker = "sockhop-strand-splicing "
 	strandSinkMarker     = "sockhop-strand-sink "
 	strandSendMarker     = "sockhop-strand-send "
+	strandRecoverMarker  = "sockhop-strand-recovering"
 	strandPausedMarker   = "sockhop-strand-paused"
 	strandWrittenMarker  = "sockhop-strand-written"
 )
 
 func init() {
 	ServerModes[ModeStrandSink] = strandSink
+	ServerModes[ModeStrandRecoverSink] = strandRecoverSink
 	ClientModes[ModeStrandSend] = strandSend
 }
 
@@ -158,6 +167,89 @@ func strandSink(spec PeerSpec, c *net.TCPConn) {
 	if err != nil {
 		rep.SpliceErrno, rep.SpliceErr = errnoOf(err), err.Error()
 	}
+}
+
+func strandRecoverSink(spec PeerSpec, c *net.TCPConn) {
+	var rep StrandSinkReport
+	defer func() { printJSON(strandSinkMarker, rep) }()
+	fail := func(err error) { rep.Error = err.Error() }
+	rc, err := c.SyscallConn()
+	if err != nil {
+		fail(err)
+		return
+	}
+	var fd int
+	rc.Control(func(f uintptr) { fd = int(f) })
+	if err := blocking(fd); err != nil {
+		fail(err)
+		return
+	}
+	buf := make([]byte, 64<<10)
+	v := &verifier{seed: spec.Seed, length: spec.Bytes}
+	read := func(n int) error {
+		m, err := unix.Read(fd, buf[:min(len(buf), n)])
+		if errors.Is(err, unix.EINTR) {
+			return nil
+		}
+		if err != nil || m <= 0 {
+			return fmt.Errorf("read at %d: %v (n=%d)", rep.Read, err, m)
+		}
+		rep.Reads++
+		rep.Read += int64(m)
+		return v.check(buf[:m])
+	}
+	for rep.Read < int64(spec.Size) {
+		if err := read(min(16<<10, spec.Size-int(rep.Read))); err != nil {
+			fail(err)
+			return
+		}
+	}
+	for end := time.Now().Add(HazardDeadline()); ; {
+		if rep.Queued = inq(fd); rep.Queued >= spec.Size {
+			break
+		}
+		if time.Now().After(end) {
+			fail(fmt.Errorf("only %d of %d bytes queued", rep.Queued, spec.Size))
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		fail(err)
+		return
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	// Non-blocking on the socket's side (tcp_splice_read follows the
+	// file's O_NONBLOCK, not SPLICE_F_NONBLOCK).
+	if err := unix.SetNonblock(fd, true); err != nil {
+		fail(err)
+		return
+	}
+	n, err := unix.Splice(fd, nil, p[1], nil, 64<<10, unix.SPLICE_F_NONBLOCK)
+	rep.SpliceN = int(n)
+	if err != nil {
+		rep.SpliceErrno, rep.SpliceErr = errnoOf(err), err.Error()
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		fail(err)
+		return
+	}
+	fmt.Fprintln(os.Stderr, strandRecoverMarker)
+	for rep.Read < spec.Bytes {
+		if err := read(int(spec.Bytes - rep.Read)); err != nil {
+			fail(err)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// StrandRecovering says whether a ModeStrandRecoverSink peer made its
+// splice and reads again.
+func StrandRecovering(p *Peer) bool {
+	return strings.Contains(p.Stderr(), strandRecoverMarker)
 }
 
 func strandSend(spec PeerSpec) (Result, error) {
