@@ -98,18 +98,39 @@ func errnoOf(err error) int {
 	return 0
 }
 
+// blockingFD is the connection's descriptor, made blocking as a plain C
+// program's (blocking).
+func blockingFD(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var fd int
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd, blocking(fd)
+}
+
+// waitQueued waits until want bytes are queued unread on fd, and returns
+// how many are.
+func waitQueued(fd, want int) (int, error) {
+	for end := time.Now().Add(HazardDeadline()); ; {
+		n := inq(fd)
+		if n >= want {
+			return n, nil
+		}
+		if time.Now().After(end) {
+			return n, fmt.Errorf("only %d of %d bytes queued", n, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func strandSink(spec PeerSpec, c *net.TCPConn) {
 	var rep StrandSinkReport
 	defer func() { printJSON(strandSinkMarker, rep) }()
 	fail := func(err error) { rep.Error = err.Error() }
-	rc, err := c.SyscallConn()
+	fd, err := blockingFD(c)
 	if err != nil {
-		fail(err)
-		return
-	}
-	var fd int
-	rc.Control(func(f uintptr) { fd = int(f) })
-	if err := blocking(fd); err != nil {
 		fail(err)
 		return
 	}
@@ -133,17 +154,9 @@ func strandSink(spec PeerSpec, c *net.TCPConn) {
 		rep.Read += int64(n)
 	}
 	// Wait for the rest to be queued (redirected, unread).
-	want := int(spec.Bytes - rep.Read)
-	for end := time.Now().Add(HazardDeadline()); ; {
-		rep.Queued = inq(fd)
-		if rep.Queued >= want {
-			break
-		}
-		if time.Now().After(end) {
-			fail(fmt.Errorf("only %d of %d bytes queued", rep.Queued, want))
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
+	if rep.Queued, err = waitQueued(fd, int(spec.Bytes-rep.Read)); err != nil {
+		fail(err)
+		return
 	}
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
@@ -173,14 +186,8 @@ func strandRecoverSink(spec PeerSpec, c *net.TCPConn) {
 	var rep StrandSinkReport
 	defer func() { printJSON(strandSinkMarker, rep) }()
 	fail := func(err error) { rep.Error = err.Error() }
-	rc, err := c.SyscallConn()
+	fd, err := blockingFD(c)
 	if err != nil {
-		fail(err)
-		return
-	}
-	var fd int
-	rc.Control(func(f uintptr) { fd = int(f) })
-	if err := blocking(fd); err != nil {
 		fail(err)
 		return
 	}
@@ -204,15 +211,9 @@ func strandRecoverSink(spec PeerSpec, c *net.TCPConn) {
 			return
 		}
 	}
-	for end := time.Now().Add(HazardDeadline()); ; {
-		if rep.Queued = inq(fd); rep.Queued >= spec.Size {
-			break
-		}
-		if time.Now().After(end) {
-			fail(fmt.Errorf("only %d of %d bytes queued", rep.Queued, spec.Size))
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
+	if rep.Queued, err = waitQueued(fd, spec.Size); err != nil {
+		fail(err)
+		return
 	}
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
