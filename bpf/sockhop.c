@@ -48,13 +48,34 @@ static __always_inline __u32 sh_redir_backlog(struct sk_msg_md *msg)
 	return sh_backlog_of((__u64)BPF_CORE_READ(kmsg, sk_redir));
 }
 
+/* The sending socket. */
+static __always_inline struct sock *sh_me(struct sk_msg_md *msg)
+{
+	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
+
+	return BPF_CORE_READ(kmsg, sk);
+}
+
 /* This socket's own entry in sockhop_rx. */
 static __always_inline struct sh_rx *sh_self(struct sk_msg_md *msg)
 {
-	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
-	__u64 me = (__u64)BPF_CORE_READ(kmsg, sk);
+	__u64 me = (__u64)sh_me(msg);
 
 	return bpf_map_lookup_elem(&sockhop_rx, &me);
+}
+
+/* A container (cgroup) seen doing what redirect breaks. */
+static __always_inline void sh_learn(__u64 cgroup, __u64 hazard)
+{
+	__u64 *h;
+
+	/* This container's later sockets are not paired. */
+	bpf_map_delete_elem(&sockhop_trust, &cgroup);
+	h = bpf_map_lookup_elem(&sockhop_hazard, &cgroup);
+	if (h)
+		__sync_fetch_and_or(h, hazard);
+	else
+		bpf_map_update_elem(&sockhop_hazard, &cgroup, &hazard, BPF_NOEXIST);
 }
 
 /* We no longer redirect into the peer: let it retire. Only from a run that
@@ -76,7 +97,8 @@ static __always_inline void sh_stop_incoming(struct sh_sock *state)
  * (sh_retire, in sockops) — which ends redirects into this socket too. Not
  * when the reason is the receiver (it splices, or the policy excludes it):
  * the other direction, into this socket, may still be worth redirecting
- * (an upload into a sidecar). committed: this run redirected a message. */
+ * (an upload into a sidecar); nor for a zerocopy sender, which stays.
+ * committed: this run redirected a message. */
 static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *state, __u32 tx,
 				     enum sh_stat why, int committed)
 {
@@ -85,7 +107,7 @@ static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *stat
 	state->tx = tx;
 	sh_count(why, 1);
 	sh_pod_final(state, tx);
-	if (tx != SH_TX_UNSAFE_RX) {
+	if (tx != SH_TX_UNSAFE_RX && tx != SH_TX_ZEROCOPY) {
 		self = sh_self(msg);
 		if (self)
 			__sync_fetch_and_or(&self->flags, SH_RX_RETIRING);
@@ -260,6 +282,28 @@ int sockhop_msg(struct sk_msg_md *msg)
 	state = bpf_sk_storage_get(&sockhop_state, sk, 0, 0);
 	if (!state)
 		return SK_PASS;
+	/*
+	 * The sender enabled SO_ZEROCOPY since it was paired. A redirected
+	 * MSG_ZEROCOPY send never completes (tcp_bpf_sendmsg_redir raises no
+	 * completion): its sender would wait for ever. Passed to TCP, it
+	 * does — numbered per chunk of the copy tcp_bpf made, so that the
+	 * ids run ahead of the sender's count, which is harmless only while
+	 * every send is copied: this socket stays in the sockhash for good
+	 * (sh_zerocopy_stays). setsockopt and this program both run under
+	 * the socket lock: a send sees the flag here and in tcp_sendmsg, or
+	 * in neither. A poisoned direction cannot leave redirect (order):
+	 * its zerocopy sends fail (EACCES) until its stranded receiver is
+	 * aborted.
+	 */
+	if (sh_guard && state->tx <= SH_TX_POISONED && sh_zerocopy(sh_me(msg))) {
+		if (state->tx == SH_TX_POISONED)
+			return SK_DROP;
+		if (state->tx < SH_TX_FINAL) {
+			sh_learn(sh_cgroup_of(sh_me(msg)), SH_HAZARD_ZCSEND);
+			sh_final(msg, state, SH_TX_ZEROCOPY, SH_STAT_TX_ZEROCOPY, 0);
+		}
+		return sh_tcp(msg);
+	}
 
 	switch (state->tx) {
 	case SH_TX_TCP:
@@ -328,19 +372,6 @@ int sockhop_msg(struct sk_msg_md *msg)
  * follows every sock_recvmsg) becomes a receiver redirect may switch into;
  * MSG_WAITALL makes it unsafe.
  */
-static __always_inline void sh_learn(__u64 cgroup, __u64 hazard)
-{
-	__u64 *h;
-
-	/* This container's later sockets are not paired. */
-	bpf_map_delete_elem(&sockhop_trust, &cgroup);
-	h = bpf_map_lookup_elem(&sockhop_hazard, &cgroup);
-	if (h)
-		__sync_fetch_and_or(h, hazard);
-	else
-		bpf_map_update_elem(&sockhop_hazard, &cgroup, &hazard, BPF_NOEXIST);
-}
-
 /* A receiver seen splicing (or the like) has redirected bytes unread, which
  * no such call sees: record it once, for the agent to abort (bpf/abort.c). */
 static __always_inline void sh_stranded(struct sh_rx *rx, __u64 sk, __u64 cgroup)
@@ -501,7 +532,6 @@ static __always_inline __u64 sh_sock_of_fd(long fd)
 #define SH_NR_RECVMMSG 299
 #define SH_IPPROTO_TCP 6
 #define SH_TCP_ZEROCOPY_RECEIVE 35
-
 /*
  * Before a syscall that reads a socket without seeing redirected data
  * (splice, sendfile from it, TCP zerocopy receive) or that waits for a full

@@ -41,6 +41,21 @@ struct sock {
 	int sk_rcvlowat;
 } __co_re;
 
+/* sk_flags is __sk_common.skc_flags (bits: enum sock_flags, whose value
+ * is relocated against the running kernel). Flavours: the ___ suffix is
+ * ignored when matching kernel types. */
+enum sock_flags {
+	SOCK_ZEROCOPY = 18,
+};
+
+struct sock_common___flags {
+	unsigned long skc_flags;
+} __co_re;
+
+struct sock___flags {
+	struct sock_common___flags __sk_common;
+} __co_re;
+
 /* Sequence numbers of a TCP socket: write_seq is one past the last byte the
  * application handed to TCP, copied_seq one past the last byte the reader
  * took (recvmsg and splice both advance it). */

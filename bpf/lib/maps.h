@@ -56,6 +56,7 @@ enum sh_tx {
 	SH_TX_UNSAFE_RX = 9,    /* the receiver splices or waits for all */
 	SH_TX_BACKPRESSURE = 10, /* the receiver fell behind by the bound */
 	SH_TX_POISONED = 11,    /* the receiver splices, with redirected bytes unread */
+	SH_TX_ZEROCOPY = 12,    /* this socket enabled SO_ZEROCOPY */
 };
 
 struct sh_sock {
@@ -123,6 +124,7 @@ enum sh_hazard_flags {
 	SH_HAZARD_WAITALL = 2,
 	SH_HAZARD_ZEROCOPY = 4,
 	SH_HAZARD_STRANDED = 8, /* ...while redirected bytes were unread */
+	SH_HAZARD_ZCSEND = 16,  /* sends with SO_ZEROCOPY (its completions) */
 };
 
 #define SH_MAX_EXCLUDE_PORTS 16
@@ -149,6 +151,7 @@ enum sh_stat {
 	SH_STAT_TX_NO_PEER,      /* directions switched to TCP, by reason */
 	SH_STAT_TX_UNSAFE_RX,
 	SH_STAT_TX_BACKPRESSURE,
+	SH_STAT_TX_ZEROCOPY,     /* ...the sender enabled SO_ZEROCOPY */
 	SH_STAT_TX_SWITCH,       /* directions switched from TCP to redirect */
 	SH_STAT_RX_UNSAFE,       /* paired receivers seen splicing or waiting for all */
 	SH_STAT_RX_STRANDED,     /* ...while redirected bytes were unread */
@@ -161,6 +164,7 @@ enum sh_stat {
 	SH_STAT_SKIP_NO_POD,
 	SH_STAT_SKIP_NO_CLIENT,
 	SH_STAT_SKIP_AMBIGUOUS,
+	SH_STAT_SKIP_ZEROCOPY,   /* ...an end with SO_ZEROCOPY */
 	SH_STAT_ERR_SOCKHASH,    /* failed map operations, by map */
 	SH_STAT_ERR_STORAGE,
 	SH_STAT_ERR_PENDING,

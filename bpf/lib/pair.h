@@ -106,6 +106,25 @@ static __always_inline __u64 sh_cgroup_of(struct sock *sk)
 	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
 }
 
+/*
+ * A socket with SO_ZEROCOPY (a listener's is inherited by the sockets it
+ * accepts). In the sockhash its sends go through tcp_bpf_sendmsg, which
+ * copies the data: redirected, a MSG_ZEROCOPY send never completes; passed
+ * to TCP it completes, but numbered per chunk of that copy, so that the ids
+ * run ahead of the sender's count (docs/hazards.md). Such a socket is not
+ * paired. One that enables it once paired sends through TCP from then on,
+ * and never leaves the sockhash: outside it, real zerocopy sends would be
+ * completed by the ids that ran ahead, before the kernel is done with
+ * their buffers; inside, every send is copied before it returns, so any
+ * completion the sender believes is true.
+ */
+static __always_inline int sh_zerocopy(struct sock *sk)
+{
+	unsigned long flags = BPF_CORE_READ((struct sock___flags *)sk, __sk_common.skc_flags);
+
+	return (flags >> bpf_core_enum_value(enum sock_flags, SOCK_ZEROCOPY)) & 1;
+}
+
 static __always_inline int sh_hazardous(struct sock *sk)
 {
 	__u64 id = sh_cgroup_of(sk);
@@ -211,6 +230,11 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 	__u64 addr = (__u64)sk;
 	long err;
 
+	if (sh_zerocopy(sk)) {
+		sh_count(SH_STAT_SKIP_ZEROCOPY, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_ZEROCOPY);
+		return;
+	}
 	if (sh_hazardous(sk)) {
 		sh_count(SH_STAT_SKIP_HAZARD, 1);
 		sh_pod_count(pod, SH_PODST_SKIP_HAZARD);
@@ -276,6 +300,8 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 	struct sh_rx *crx;
 	__u64 addr = (__u64)sk;
 	__u64 flags, client_sk, client_pod;
+	enum sh_podst_stat podst = SH_PODST_MAX;
+	enum sh_stat stat = SH_STAT_MAX;
 
 	client.side = SH_CLIENT;
 	pending = bpf_map_lookup_elem(&sockhop_pending, &key->conn);
@@ -298,18 +324,29 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
 		return;
 	}
 
-	/* A connection with a hazardous end, or whose receivers the policy
-	 * allows in neither direction, is not worth pairing: take the client
-	 * back out so that it costs nothing. It has redirected nothing (no
-	 * server address yet), and nothing was redirected into it. */
+	/* A connection with a hazardous end (or one with SO_ZEROCOPY), or
+	 * whose receivers the policy allows in neither direction, is not
+	 * worth pairing: take the client back out so that it costs nothing.
+	 * It has redirected nothing (no server address yet), and nothing was
+	 * redirected into it. */
 	crx = bpf_map_lookup_elem(&sockhop_rx, &client_sk);
-	if (sh_hazardous(sk) || (!sh_rx_allowed(sk) && !(crx && (crx->flags & SH_RX_ALLOWED)))) {
+	if (sh_zerocopy(sk)) {
+		stat = SH_STAT_SKIP_ZEROCOPY;
+		podst = SH_PODST_SKIP_ZEROCOPY;
+	} else if (sh_hazardous(sk)) {
+		stat = SH_STAT_SKIP_HAZARD;
+		podst = SH_PODST_SKIP_HAZARD;
+	} else if (!sh_rx_allowed(sk) && !(crx && (crx->flags & SH_RX_ALLOWED))) {
+		stat = SH_STAT_TX_UNSAFE_RX;
+		podst = SH_PODST_SKIP_POLICY;
+	}
+	if (stat != SH_STAT_MAX) {
 		bpf_map_delete_elem(&sockhop_socks, &client);
 		bpf_map_delete_elem(&sockhop_pending, &key->conn);
 		bpf_map_delete_elem(&sockhop_rx, &client_sk);
-		sh_count(sh_hazardous(sk) ? SH_STAT_SKIP_HAZARD : SH_STAT_TX_UNSAFE_RX, 1);
-		sh_pod_count(pod, sh_hazardous(sk) ? SH_PODST_SKIP_HAZARD : SH_PODST_SKIP_POLICY);
-		sh_pod_count(client_pod, sh_hazardous(sk) ? SH_PODST_SKIP_HAZARD : SH_PODST_SKIP_POLICY);
+		sh_count(stat, 1);
+		sh_pod_count(pod, podst);
+		sh_pod_count(client_pod, podst);
 		return;
 	}
 
@@ -362,8 +399,8 @@ static __always_inline int sh_retire_peer(struct sh_sock *state)
 	if (!state->peer_sk)
 		return 1;
 	rx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
-	if (!rx || (rx->flags & SH_RX_RETIRED))
-		return 1;
+	if (!rx || (rx->flags & SH_RX_RETIRED) || sh_zerocopy((struct sock *)state->peer_sk))
+		return 1; /* (a zerocopy sender stays: sh_zerocopy) */
 	if ((rx->flags & SH_RX_INCOMING) || (state->flags & SH_SOCK_INCOMING))
 		return 0;
 	if (sh_backlog_of_sk(state->peer_sk))
@@ -414,6 +451,12 @@ static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
 	if (!state)
 		return;
+	if (!(rx->flags & SH_RX_RETIRED) && sh_zerocopy(kctx->sk)) {
+		/* It enabled SO_ZEROCOPY after its sends went to TCP for
+		 * good: it stays (sh_zerocopy), and so does its peer. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+		return;
+	}
 	if (!(rx->flags & SH_RX_RETIRED)) {
 		if (rx->flags & SH_RX_INCOMING)
 			return;

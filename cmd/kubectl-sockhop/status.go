@@ -283,7 +283,7 @@ func agentRow(ctx context.Context, c *cluster, pod *corev1.Pod) nodeRow {
 
 // guardReasons are the passthrough reasons of the hazard guards: the
 // back-pressure bound and the receiver guard (docs/hazards.md).
-var guardReasons = []string{"backpressure", "unsafe_receiver", "hazard_learnt"}
+var guardReasons = []string{"backpressure", "unsafe_receiver", "hazard_learnt", "zerocopy_sender"}
 
 func bpffsDir(pod *corev1.Pod) string {
 	if v, ok := agentArg(pod, "bpffs-dir"); ok {

@@ -50,6 +50,10 @@ const (
 	ReasonNoClient     = "no_client"       // a server end whose client end is not accelerated
 	ReasonAmbiguous    = "ambiguous"       // two sockets claimed one connection: none paired
 	ReasonHazard       = "hazard_learnt"   // a socket of a cgroup seen splicing or waiting for all
+	// A socket with SO_ZEROCOPY: not paired, or its direction left
+	// redirect when it enabled it (a redirected zerocopy send never
+	// completes).
+	ReasonZeroCopy = "zerocopy_sender"
 )
 
 // Counters sums the per-CPU counters.
@@ -92,6 +96,7 @@ func (d *Datapath) Counters() (Counters, error) {
 			ReasonNoClient:     get(sockhopShStatSH_STAT_SKIP_NO_CLIENT),
 			ReasonAmbiguous:    get(sockhopShStatSH_STAT_SKIP_AMBIGUOUS),
 			ReasonHazard:       get(sockhopShStatSH_STAT_SKIP_HAZARD),
+			ReasonZeroCopy:     get(sockhopShStatSH_STAT_TX_ZEROCOPY) + get(sockhopShStatSH_STAT_SKIP_ZEROCOPY),
 		},
 		MapErrors: map[string]uint64{
 			"sockhash":       get(sockhopShStatSH_STAT_ERR_SOCKHASH),
@@ -144,6 +149,9 @@ const (
 	// SawStranded: one of those while redirected bytes were unread: that
 	// connection may stall (docs/hazards.md).
 	SawStranded = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_STRANDED)
+	// SawZeroCopySend: a paired socket enabled SO_ZEROCOPY (a sender's
+	// hazard: its zerocopy completions).
+	SawZeroCopySend = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_ZCSEND)
 )
 
 func (h ReaderHazards) String() string {
@@ -151,7 +159,7 @@ func (h ReaderHazards) String() string {
 	for _, b := range []struct {
 		bit  ReaderHazards
 		name string
-	}{{SawSplice, "splice"}, {SawWaitAll, "MSG_WAITALL"}, {SawZeroCopy, "zerocopy receive"}} {
+	}{{SawSplice, "splice"}, {SawWaitAll, "MSG_WAITALL"}, {SawZeroCopy, "zerocopy receive"}, {SawZeroCopySend, "SO_ZEROCOPY sends"}} {
 		if h&b.bit != 0 {
 			parts = append(parts, b.name)
 		}

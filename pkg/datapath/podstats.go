@@ -25,7 +25,7 @@ type PodStats struct {
 	Redirected uint64 `json:"redirected"`
 	// OnTCP counts directions on TCP for good, by reason (ReasonNoPeer:
 	// the peer left or retired, ReasonUnsafeRx: the receiver guard,
-	// ReasonBackpressure). A direction that was redirected before counts
+	// ReasonBackpressure, ReasonZeroCopy). A direction that was redirected before counts
 	// in both.
 	OnTCP map[string]uint64 `json:"on_tcp"`
 	// Poisoned counts directions kept on redirect for a receiver that
@@ -35,7 +35,8 @@ type PodStats struct {
 	Retired uint64 `json:"retired"`
 	// Unpaired counts this pod's sockets that were not paired, by reason
 	// (ReasonNoPeer: no peer end joined; ReasonRemote, ReasonExcluded,
-	// ReasonHazard, ReasonPolicy, ReasonDataFlowed, ReasonMapFull).
+	// ReasonHazard, ReasonPolicy, ReasonDataFlowed, ReasonMapFull,
+	// ReasonZeroCopy).
 	Unpaired map[string]uint64 `json:"unpaired"`
 }
 
@@ -55,6 +56,7 @@ func podStatsOf(v *sockhopShPodst) PodStats {
 			ReasonNoPeer:       n(sockhopShPodstStatSH_PODST_TX_NO_PEER),
 			ReasonUnsafeRx:     n(sockhopShPodstStatSH_PODST_TX_UNSAFE_RX),
 			ReasonBackpressure: n(sockhopShPodstStatSH_PODST_TX_BACKPRESSURE),
+			ReasonZeroCopy:     n(sockhopShPodstStatSH_PODST_TX_ZEROCOPY),
 		},
 		Poisoned: n(sockhopShPodstStatSH_PODST_POISONED),
 		Retired:  n(sockhopShPodstStatSH_PODST_RETIRED),
@@ -66,6 +68,7 @@ func podStatsOf(v *sockhopShPodst) PodStats {
 			ReasonPolicy:     n(sockhopShPodstStatSH_PODST_SKIP_POLICY),
 			ReasonDataFlowed: n(sockhopShPodstStatSH_PODST_SKIP_DATA),
 			ReasonMapFull:    n(sockhopShPodstStatSH_PODST_SKIP_MAP_FULL),
+			ReasonZeroCopy:   n(sockhopShPodstStatSH_PODST_SKIP_ZEROCOPY),
 		},
 	}
 }
@@ -130,6 +133,7 @@ var (
 		ReasonBackpressure: "back-pressure",
 		ReasonUnsafeRx:     "receiver guard",
 		ReasonNoPeer:       "peer left",
+		ReasonZeroCopy:     "sender enabled SO_ZEROCOPY",
 	}
 	unpairedWords = map[string]string{
 		ReasonNoPeer:     "no peer end",
@@ -139,6 +143,7 @@ var (
 		ReasonPolicy:     "receiver policy",
 		ReasonDataFlowed: "data before the handshake ended",
 		ReasonMapFull:    "maps full",
+		ReasonZeroCopy:   "SO_ZEROCOPY sender",
 	}
 )
 

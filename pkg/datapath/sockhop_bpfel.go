@@ -31,6 +31,7 @@ const (
 	sockhopShHazardFlagsSH_HAZARD_WAITALL  sockhopShHazardFlags = 2
 	sockhopShHazardFlagsSH_HAZARD_ZEROCOPY sockhopShHazardFlags = 4
 	sockhopShHazardFlagsSH_HAZARD_STRANDED sockhopShHazardFlags = 8
+	sockhopShHazardFlagsSH_HAZARD_ZCSEND   sockhopShHazardFlags = 16
 )
 
 type sockhopShIp struct {
@@ -61,7 +62,7 @@ type sockhopShPod struct {
 
 type sockhopShPodst struct {
 	_ structs.HostLayout
-	N [15]uint64
+	N [17]uint64
 }
 
 type sockhopShPodstStat uint32
@@ -73,16 +74,18 @@ const (
 	sockhopShPodstStatSH_PODST_TX_NO_PEER      sockhopShPodstStat = 3
 	sockhopShPodstStatSH_PODST_TX_UNSAFE_RX    sockhopShPodstStat = 4
 	sockhopShPodstStatSH_PODST_TX_BACKPRESSURE sockhopShPodstStat = 5
-	sockhopShPodstStatSH_PODST_POISONED        sockhopShPodstStat = 6
-	sockhopShPodstStatSH_PODST_RETIRED         sockhopShPodstStat = 7
-	sockhopShPodstStatSH_PODST_SKIP_NO_PEER    sockhopShPodstStat = 8
-	sockhopShPodstStatSH_PODST_SKIP_REMOTE     sockhopShPodstStat = 9
-	sockhopShPodstStatSH_PODST_SKIP_EXCLUDED   sockhopShPodstStat = 10
-	sockhopShPodstStatSH_PODST_SKIP_HAZARD     sockhopShPodstStat = 11
-	sockhopShPodstStatSH_PODST_SKIP_POLICY     sockhopShPodstStat = 12
-	sockhopShPodstStatSH_PODST_SKIP_DATA       sockhopShPodstStat = 13
-	sockhopShPodstStatSH_PODST_SKIP_MAP_FULL   sockhopShPodstStat = 14
-	sockhopShPodstStatSH_PODST_MAX             sockhopShPodstStat = 15
+	sockhopShPodstStatSH_PODST_TX_ZEROCOPY     sockhopShPodstStat = 6
+	sockhopShPodstStatSH_PODST_POISONED        sockhopShPodstStat = 7
+	sockhopShPodstStatSH_PODST_RETIRED         sockhopShPodstStat = 8
+	sockhopShPodstStatSH_PODST_SKIP_NO_PEER    sockhopShPodstStat = 9
+	sockhopShPodstStatSH_PODST_SKIP_REMOTE     sockhopShPodstStat = 10
+	sockhopShPodstStatSH_PODST_SKIP_EXCLUDED   sockhopShPodstStat = 11
+	sockhopShPodstStatSH_PODST_SKIP_HAZARD     sockhopShPodstStat = 12
+	sockhopShPodstStatSH_PODST_SKIP_POLICY     sockhopShPodstStat = 13
+	sockhopShPodstStatSH_PODST_SKIP_DATA       sockhopShPodstStat = 14
+	sockhopShPodstStatSH_PODST_SKIP_MAP_FULL   sockhopShPodstStat = 15
+	sockhopShPodstStatSH_PODST_SKIP_ZEROCOPY   sockhopShPodstStat = 16
+	sockhopShPodstStatSH_PODST_MAX             sockhopShPodstStat = 17
 )
 
 type sockhopShRx struct {
@@ -113,23 +116,25 @@ const (
 	sockhopShStatSH_STAT_TX_NO_PEER      sockhopShStat = 6
 	sockhopShStatSH_STAT_TX_UNSAFE_RX    sockhopShStat = 7
 	sockhopShStatSH_STAT_TX_BACKPRESSURE sockhopShStat = 8
-	sockhopShStatSH_STAT_TX_SWITCH       sockhopShStat = 9
-	sockhopShStatSH_STAT_RX_UNSAFE       sockhopShStat = 10
-	sockhopShStatSH_STAT_RX_STRANDED     sockhopShStat = 11
-	sockhopShStatSH_STAT_TX_POISONED     sockhopShStat = 12
-	sockhopShStatSH_STAT_SKIP_HAZARD     sockhopShStat = 13
-	sockhopShStatSH_STAT_RETIRED         sockhopShStat = 14
-	sockhopShStatSH_STAT_SKIP_DATA       sockhopShStat = 15
-	sockhopShStatSH_STAT_SKIP_REMOTE     sockhopShStat = 16
-	sockhopShStatSH_STAT_SKIP_EXCLUDED   sockhopShStat = 17
-	sockhopShStatSH_STAT_SKIP_NO_POD     sockhopShStat = 18
-	sockhopShStatSH_STAT_SKIP_NO_CLIENT  sockhopShStat = 19
-	sockhopShStatSH_STAT_SKIP_AMBIGUOUS  sockhopShStat = 20
-	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 21
-	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 22
-	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 23
-	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 24
-	sockhopShStatSH_STAT_MAX             sockhopShStat = 25
+	sockhopShStatSH_STAT_TX_ZEROCOPY     sockhopShStat = 9
+	sockhopShStatSH_STAT_TX_SWITCH       sockhopShStat = 10
+	sockhopShStatSH_STAT_RX_UNSAFE       sockhopShStat = 11
+	sockhopShStatSH_STAT_RX_STRANDED     sockhopShStat = 12
+	sockhopShStatSH_STAT_TX_POISONED     sockhopShStat = 13
+	sockhopShStatSH_STAT_SKIP_HAZARD     sockhopShStat = 14
+	sockhopShStatSH_STAT_RETIRED         sockhopShStat = 15
+	sockhopShStatSH_STAT_SKIP_DATA       sockhopShStat = 16
+	sockhopShStatSH_STAT_SKIP_REMOTE     sockhopShStat = 17
+	sockhopShStatSH_STAT_SKIP_EXCLUDED   sockhopShStat = 18
+	sockhopShStatSH_STAT_SKIP_NO_POD     sockhopShStat = 19
+	sockhopShStatSH_STAT_SKIP_NO_CLIENT  sockhopShStat = 20
+	sockhopShStatSH_STAT_SKIP_AMBIGUOUS  sockhopShStat = 21
+	sockhopShStatSH_STAT_SKIP_ZEROCOPY   sockhopShStat = 22
+	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 23
+	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 24
+	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 25
+	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 26
+	sockhopShStatSH_STAT_MAX             sockhopShStat = 27
 )
 
 type sockhopShStrand struct {
@@ -161,6 +166,7 @@ const (
 	sockhopShTxSH_TX_UNSAFE_RX    sockhopShTx = 9
 	sockhopShTxSH_TX_BACKPRESSURE sockhopShTx = 10
 	sockhopShTxSH_TX_POISONED     sockhopShTx = 11
+	sockhopShTxSH_TX_ZEROCOPY     sockhopShTx = 12
 )
 
 // Names of all BPF objects in the ELF.
