@@ -65,12 +65,44 @@ func (c *convergence) Start(ctx context.Context) error {
 		}
 	}
 
+	var guards guardState
 	return every(ctx, c.r.ResyncPeriod, DefaultResyncPeriod, "convergence", func(ctx context.Context) error {
 		if w != nil {
 			w.addWatches()
 		}
-		return c.r.Converge(ctx)
+		return errors.Join(c.r.Converge(ctx), guards.release(ctx, c.r.Datapath))
 	})
+}
+
+// guardReleaser is the part of a Datapath that takes the node-wide
+// tracepoints away while nothing needs them (*datapath.Datapath).
+type guardReleaser interface {
+	ReleaseIdleGuards() (attached bool, err error)
+}
+
+// guardState remembers whether the node-wide tracepoints were attached at
+// the last convergence, to log when that changes.
+type guardState struct {
+	known, attached bool
+}
+
+// release detaches the node-wide tracepoints when no pod is attached and no
+// paired socket is open (Attach attaches them again first).
+func (g *guardState) release(ctx context.Context, dp Datapath) error {
+	r, ok := dp.(guardReleaser)
+	if !ok {
+		return nil
+	}
+	attached, err := r.ReleaseIdleGuards()
+	if err != nil {
+		return fmt.Errorf("release the node-wide tracepoints: %w", err)
+	}
+	if !g.known || attached != g.attached {
+		log.FromContext(ctx).Info("node-wide tracepoints", "attached", attached,
+			"why", map[bool]string{true: "pods attached or paired sockets open", false: "nothing to guard: no pod attached, no paired socket open"}[attached])
+	}
+	g.known, g.attached = true, attached
+	return nil
 }
 
 // Converge brings every pod of the node to its desired state and detaches

@@ -93,6 +93,16 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 		l.Close()
 		return nil
 	}
+	// The node-wide tracepoints watch the pod's sockets from their first.
+	d.guardMu.Lock()
+	defer d.guardMu.Unlock()
+	if err := d.ensureGuards(); err != nil {
+		if !existed {
+			d.objs.SockhopPods.Delete(id)
+			d.objs.SockhopPodst.Delete(id)
+		}
+		return fmt.Errorf("attach %s: %w", cgroupDir, err)
+	}
 	l, err := link.AttachRawLink(link.RawLinkOptions{
 		Target:  int(dir.Fd()),
 		Program: d.objs.SockhopSockops,

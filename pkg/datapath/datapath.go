@@ -124,6 +124,9 @@ type Datapath struct {
 	// abort is the abort iterator, loaded by the first AbortStranded.
 	abortMu sync.Mutex
 	abort   *aborter
+	// guardMu orders Attach's attaching of the node-wide tracepoints
+	// with ReleaseIdleGuards' taking them away.
+	guardMu sync.Mutex
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the
@@ -276,22 +279,19 @@ func (d *Datapath) relink() error {
 		return fmt.Errorf("open sk_msg link: %w", err)
 	}
 
-	if err := d.relinkTracing(filepath.Join(dir, recvLinkID), d.objs.SockhopRecv); err != nil {
-		return fmt.Errorf("attach the receive tracepoint: %w", err)
+	// The node-wide tracepoints, where there is something to guard
+	// (guards.go); before the cgroup links run the new sockops program.
+	busy, err := d.guarding()
+	if err != nil {
+		return err
 	}
-	if err := d.relinkTracing(filepath.Join(dir, closeLinkID), d.objs.SockhopClose); err != nil {
-		return fmt.Errorf("attach the socket state tracepoint: %w", err)
+	if busy {
+		err = d.ensureGuards()
+	} else {
+		err = d.removeGuards()
 	}
-	if err := d.relinkTracing(filepath.Join(dir, readyLinkID), d.objs.SockhopReady); err != nil {
-		return fmt.Errorf("attach the data ready tracepoint: %w", err)
-	}
-	sysPin := filepath.Join(dir, sysenterLinkID)
-	if d.opts.NoSyscallGuard {
-		if err := os.Remove(sysPin); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("detach the syscall tracepoint: %w", err)
-		}
-	} else if err := d.relinkTracing(sysPin, d.objs.SockhopSysenter); err != nil {
-		return fmt.Errorf("attach the syscall tracepoint: %w", err)
+	if err != nil {
+		return err
 	}
 
 	return d.eachCgroupLink(func(id uint64, l link.Link) error {

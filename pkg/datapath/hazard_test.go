@@ -539,8 +539,9 @@ func BenchmarkGuardCost(b *testing.B) {
 
 // BenchmarkNodeSyscallCost measures what the receive-side tracepoints cost
 // every process on the node, attached pod or not: a getppid(2) loop with no
-// sockhop loaded, with the default datapath (sys_enter and sock_recv_length
-// tracepoints), and with NoSyscallGuard. Run: go test -run '^$' -bench
+// sockhop loaded, with the default datapath and a pod attached (sys_enter
+// and sock_recv_length tracepoints), with NoSyscallGuard, and with no pod
+// attached. Run: go test -run '^$' -bench
 // NodeSyscallCost ./pkg/datapath
 func BenchmarkNodeSyscallCost(b *testing.B) {
 	requireKernel(b)
@@ -558,9 +559,24 @@ func BenchmarkNodeSyscallCost(b *testing.B) {
 		opts datapath.Options
 	}{{"default", datapath.Options{AppReceivers: true}}, {"no-syscall-guard", datapath.Options{AppReceivers: true, NoSyscallGuard: true}}} {
 		b.Run(c.name, func(b *testing.B) {
-			newEnv(b, c.opts)
+			withIdlePod(b, c.opts)
 			loop(b)
 		})
+	}
+	b.Run("default-no-pod-attached", func(b *testing.B) {
+		newEnv(b, datapath.Options{AppReceivers: true})
+		loop(b)
+	})
+}
+
+// withIdlePod loads a datapath with an attached pod that runs nothing: the
+// node-wide tracepoints are attached only while a pod is (guards.go).
+func withIdlePod(b *testing.B, opts datapath.Options) {
+	b.Helper()
+	e := newEnv(b, opts)
+	e.pod("idle", true)
+	if !e.dp.GuardsAttached() {
+		b.Fatal("a pod is attached, but the node-wide tracepoints are not")
 	}
 }
 
@@ -568,7 +584,8 @@ func BenchmarkNodeSyscallCost(b *testing.B) {
 // connection of a process in no attached pod: a 64-byte ping-pong over
 // loopback (sys_enter, sock_recv_length and sk_data_ready run for every
 // message) and a connect, accept and close loop (inet_sock_set_state), with
-// no sockhop loaded and with the default datapath. Run: go test -run '^$'
+// no sockhop loaded, with the default datapath and a pod attached elsewhere
+// on the node, without the syscall guard, and with no pod attached. Run: go test -run '^$'
 // -bench NodeSocketCost ./pkg/datapath
 func BenchmarkNodeSocketCost(b *testing.B) {
 	requireKernel(b)
@@ -628,10 +645,15 @@ func BenchmarkNodeSocketCost(b *testing.B) {
 	}{{"no-sockhop", nil}, {"default", &datapath.Options{AppReceivers: true}}, {"no-syscall-guard", &datapath.Options{AppReceivers: true, NoSyscallGuard: true}}} {
 		b.Run(c.name, func(b *testing.B) {
 			if c.opts != nil {
-				newEnv(b, *c.opts)
+				withIdlePod(b, *c.opts)
 			}
 			b.Run("pingpong-64B", pingpong)
 			b.Run("connect-close", connect)
 		})
 	}
+	b.Run("default-no-pod-attached", func(b *testing.B) {
+		newEnv(b, datapath.Options{AppReceivers: true})
+		b.Run("pingpong-64B", pingpong)
+		b.Run("connect-close", connect)
+	})
 }

@@ -1,0 +1,117 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// The node-wide tracepoints (the receive side, the close, and the syscall
+// guard) watch every socket and, for sys_enter, every syscall on the node:
+// their cost falls on processes sockhop never pairs (BenchmarkNodeSocketCost).
+// They have work only while the node has something to guard: a pod attached
+// (its sockets may be paired at any moment) or a paired socket still open
+// (its pod may have been detached). So they are attached before the first
+// pod is, and taken away by ReleaseIdleGuards once neither is left: a node
+// without accelerated pods pays nothing for sockhop.
+
+type nodeTracepoint struct {
+	pin  string
+	prog *ebpf.Program
+	what string
+}
+
+func (d *Datapath) nodeTracepoints() []nodeTracepoint {
+	tps := []nodeTracepoint{
+		{recvLinkID, d.objs.SockhopRecv, "the receive tracepoint"},
+		{closeLinkID, d.objs.SockhopClose, "the socket state tracepoint"},
+		{readyLinkID, d.objs.SockhopReady, "the data ready tracepoint"},
+	}
+	if !d.opts.NoSyscallGuard {
+		tps = append(tps, nodeTracepoint{sysenterLinkID, d.objs.SockhopSysenter, "the syscall tracepoint"})
+	}
+	return tps
+}
+
+// ensureGuards attaches the node-wide tracepoints, or points them at this
+// datapath's programs; a no-op for those that already run them.
+func (d *Datapath) ensureGuards() error {
+	dir := filepath.Join(d.opts.PinDir, linksDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	for _, tp := range d.nodeTracepoints() {
+		if tp.prog == nil {
+			continue // a datapath pinned before this program existed
+		}
+		if err := d.relinkTracing(filepath.Join(dir, tp.pin), tp.prog); err != nil {
+			return fmt.Errorf("attach %s: %w", tp.what, err)
+		}
+	}
+	if d.opts.NoSyscallGuard {
+		return removeLinkPin(filepath.Join(dir, sysenterLinkID))
+	}
+	return nil
+}
+
+// removeGuards detaches the node-wide tracepoints.
+func (d *Datapath) removeGuards() error {
+	var errs []error
+	for _, id := range []string{recvLinkID, closeLinkID, readyLinkID, sysenterLinkID} {
+		errs = append(errs, removeLinkPin(filepath.Join(d.opts.PinDir, linksDir, id)))
+	}
+	return errors.Join(errs...)
+}
+
+func removeLinkPin(pin string) error {
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach %s: %w", pin, err)
+	}
+	return nil
+}
+
+// guarding says whether the node has something for the node-wide
+// tracepoints to watch: an attached pod, or a paired socket still open.
+func (d *Datapath) guarding() (bool, error) {
+	atts, err := d.Attachments()
+	if err != nil {
+		return false, err
+	}
+	if len(atts) > 0 {
+		return true, nil
+	}
+	var key uint64
+	err = d.objs.SockhopRx.NextKey(nil, &key)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ebpf.ErrKeyNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("list paired sockets: %w", err)
+}
+
+// ReleaseIdleGuards detaches the node-wide tracepoints when no pod is
+// attached and no paired socket is open, and says whether they are attached
+// now. Attach attaches them again first. The agent calls it periodically.
+func (d *Datapath) ReleaseIdleGuards() (attached bool, err error) {
+	d.guardMu.Lock()
+	defer d.guardMu.Unlock()
+	busy, err := d.guarding()
+	if err != nil || busy {
+		return true, err
+	}
+	if err := d.removeGuards(); err != nil {
+		return true, err
+	}
+	return false, nil
+}
+
+// GuardsAttached says whether the node-wide tracepoints are attached.
+func (d *Datapath) GuardsAttached() bool {
+	_, err := os.Stat(filepath.Join(d.opts.PinDir, linksDir, recvLinkID))
+	return err == nil
+}

@@ -1,0 +1,138 @@
+package datapath_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sockhop/sockhop/pkg/datapath"
+	"github.com/sockhop/sockhop/pkg/testbed"
+)
+
+// The node-wide tracepoints run only while the node has something to guard
+// (guards.go): not after a load with no pod attached; from the first
+// attach; still after the pod is detached while its paired connections
+// run (they still need the guard), and until they have closed; and again
+// at the next attach, where a new connection switches to redirect (which
+// needs the receive tracepoint to have seen its receiver read).
+func TestNodeTracepointsOnlyWhileGuarding(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 64})
+	wantGuards(t, e, false, "loaded, no pod attached")
+	release := func(want bool, when string) {
+		t.Helper()
+		attached, err := e.dp.ReleaseIdleGuards()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if attached != want {
+			t.Fatalf("%s: ReleaseIdleGuards says attached=%v, want %v", when, attached, want)
+		}
+		wantGuards(t, e, want, when)
+	}
+	release(false, "released with nothing to guard")
+
+	p := e.pod("app", true)
+	wantGuards(t, e, true, "a pod attached")
+	release(true, "released with a pod attached")
+
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:8080"}})
+	c := e.startClient(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 4, Parallel: 4, Bytes: 64 << 20, MaxWrite: 64 << 10})
+	deadline := time.Now().Add(testbed.Patience(10 * time.Second))
+	for pairedSockets(t, e) != 8 {
+		if time.Now().After(deadline) {
+			t.Fatalf("want 8 paired sockets while 4 streams run, have %d", pairedSockets(t, e))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := e.dp.Detach(p.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	release(true, "released with the pod detached and its connections open")
+	if !peerRunning(t, c.PID()) {
+		t.Fatal("the streams ended before the release; make them longer")
+	}
+	res, err := c.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustOK(t, res, 4, 64<<20)
+	waitMapsEmpty(t, e)
+	release(false, "released once the detached pod's connections closed")
+
+	before := e.counters()
+	if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	wantGuards(t, e, true, "the pod attached again")
+	mustOK(t, e.client(p, 0, testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:8080", Conns: 1, Parallel: 1, Bytes: 4 << 20, MaxWrite: 16 << 10}), 1, 4<<20)
+	if d := diff(before, e.counters()); d.paired != 2 || d.switches == 0 || d.redirBytes == 0 {
+		t.Fatalf("after the new attach, a stream was not paired and redirected: %v", d)
+	}
+}
+
+func pairedSockets(t *testing.T, e *env) int {
+	t.Helper()
+	fills, err := e.dp.MapFill()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fills {
+		if f.Name == "receivers" {
+			return f.Entries
+		}
+	}
+	t.Fatalf("no receivers map in %+v", fills)
+	return 0
+}
+
+// wantGuards checks the pins and, in the kernel, the links that run the
+// datapath's node-wide tracepoint programs.
+func wantGuards(t *testing.T, e *env, want bool, when string) {
+	t.Helper()
+	progs := map[ebpf.ProgramID]string{}
+	for _, name := range []string{"recv", "sys_enter", "close", "ready"} {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(e.pinDir, "progs", name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: program %s is not pinned", when, name)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := p.Info()
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, ok := info.ID()
+		if !ok {
+			t.Fatalf("%s: no id for program %s", when, name)
+		}
+		progs[id] = name
+	}
+	var running []string
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if name, ok := progs[info.Program]; ok {
+			running = append(running, name)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want && len(running) != len(progs) || !want && len(running) != 0 {
+		t.Fatalf("%s: the kernel runs %v of the 4 node-wide tracepoint programs, want %s", when, running, map[bool]string{true: "all", false: "none"}[want])
+	}
+	if got := e.dp.GuardsAttached(); got != want {
+		t.Fatalf("%s: GuardsAttached() = %v, want %v", when, got, want)
+	}
+}
