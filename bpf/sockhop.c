@@ -97,8 +97,7 @@ static __always_inline void sh_stop_incoming(struct sh_sock *state)
  * (sh_retire, in sockops) — which ends redirects into this socket too. Not
  * when the reason is the receiver (it splices, or the policy excludes it):
  * the other direction, into this socket, may still be worth redirecting
- * (an upload into a sidecar); nor for a zerocopy sender, which stays.
- * committed: this run redirected a message. */
+ * (an upload into a sidecar). committed: this run redirected a message. */
 static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *state, __u32 tx,
 				     enum sh_stat why, int committed)
 {
@@ -107,7 +106,7 @@ static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *stat
 	state->tx = tx;
 	sh_count(why, 1);
 	sh_pod_final(state, tx);
-	if (tx != SH_TX_UNSAFE_RX && tx != SH_TX_ZEROCOPY) {
+	if (tx != SH_TX_UNSAFE_RX) {
 		self = sh_self(msg);
 		if (self)
 			__sync_fetch_and_or(&self->flags, SH_RX_RETIRING);
@@ -282,28 +281,6 @@ int sockhop_msg(struct sk_msg_md *msg)
 	state = bpf_sk_storage_get(&sockhop_state, sk, 0, 0);
 	if (!state)
 		return SK_PASS;
-	/*
-	 * The sender enabled SO_ZEROCOPY since it was paired. A redirected
-	 * MSG_ZEROCOPY send never completes (tcp_bpf_sendmsg_redir raises no
-	 * completion): its sender would wait for ever. Passed to TCP, it
-	 * does — numbered per chunk of the copy tcp_bpf made, so that the
-	 * ids run ahead of the sender's count, which is harmless only while
-	 * every send is copied: this socket stays in the sockhash for good
-	 * (sh_zerocopy_stays). setsockopt and this program both run under
-	 * the socket lock: a send sees the flag here and in tcp_sendmsg, or
-	 * in neither. A poisoned direction cannot leave redirect (order):
-	 * its zerocopy sends fail (EACCES) until its stranded receiver is
-	 * aborted.
-	 */
-	if (sh_guard && state->tx <= SH_TX_POISONED && sh_zerocopy(sh_me(msg))) {
-		if (state->tx == SH_TX_POISONED)
-			return SK_DROP;
-		if (state->tx < SH_TX_FINAL) {
-			sh_learn(sh_cgroup_of(sh_me(msg)), SH_HAZARD_ZCSEND);
-			sh_final(msg, state, SH_TX_ZEROCOPY, SH_STAT_TX_ZEROCOPY, 0);
-		}
-		return sh_tcp(msg);
-	}
 
 	switch (state->tx) {
 	case SH_TX_TCP:
@@ -365,6 +342,50 @@ int sockhop_msg(struct sk_msg_md *msg)
 			sh_final(msg, state, SH_TX_BACKPRESSURE, SH_STAT_TX_BACKPRESSURE, 1);
 	}
 	return SK_PASS;
+}
+
+#define SH_SOL_SOCKET 1
+#define SH_SO_ZEROCOPY 60
+#define SH_EOPNOTSUPP 95
+
+/*
+ * setsockopt(SO_ZEROCOPY) on a socket in the sockhash is refused with
+ * EOPNOTSUPP, as for a socket that cannot do zerocopy; a sender is expected
+ * to fall back to plain sends (a MSG_ZEROCOPY send without SO_ZEROCOPY is a
+ * plain send, with no completion to wait for). Its sends go through
+ * tcp_bpf_sendmsg, which copies them: redirected, a zerocopy send would
+ * never complete, and passed to TCP each chunk of the copy takes its own
+ * completion id, so that the ids would run ahead of the sender's count
+ * (docs/hazards.md). A socket that has SO_ZEROCOPY when it is established
+ * is not paired (sh_zerocopy). Its container is learnt: its later sockets
+ * are not paired, and enable zerocopy. Runs before the kernel's
+ * setsockopt, for the sockets of attached pods (a cgroup link per pod).
+ */
+SEC("cgroup/setsockopt")
+int sockhop_sockopt(struct bpf_sockopt *ctx)
+{
+	struct bpf_sockopt_kern *kctx;
+	int *val = ctx->optval;
+	unsigned long data;
+	struct sock *sk;
+
+	if (ctx->level != SH_SOL_SOCKET || ctx->optname != SH_SO_ZEROCOPY || !sh_guard)
+		return 1;
+	if ((void *)(val + 1) > ctx->optval_end || *val == 0)
+		return 1; /* disabling it (or a malformed value, the kernel's to refuse) */
+	/* The kernel's socket: ctx->sk allows no field arithmetic. */
+	kctx = bpf_cast_to_kern_ctx(ctx);
+	sk = kctx->sk;
+	if (!sk)
+		return 1;
+	/* In a sockmap (ours or not): tcp_bpf's send path. */
+	data = (unsigned long)BPF_CORE_READ(sk, sk_user_data);
+	if (!(data & SK_USER_DATA_PSOCK))
+		return 1;
+	sh_learn(sh_cgroup_of(sk), SH_HAZARD_ZCSEND);
+	sh_count(SH_STAT_ZC_REFUSED, 1);
+	bpf_set_retval(-SH_EOPNOTSUPP);
+	return 0;
 }
 
 /*

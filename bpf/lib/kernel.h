@@ -103,6 +103,11 @@ struct bpf_sock_ops_kern {
 	struct sk_buff *skb;
 } __co_re;
 
+/* What bpf_cast_to_kern_ctx() returns for a cgroup sockopt program. */
+struct bpf_sockopt_kern {
+	struct sock *sk;
+} __co_re;
+
 /* What bpf_cast_to_kern_ctx() returns for an sk_msg program. */
 struct sk_msg {
 	struct sock *sk_redir;

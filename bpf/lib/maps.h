@@ -56,7 +56,6 @@ enum sh_tx {
 	SH_TX_UNSAFE_RX = 9,    /* the receiver splices or waits for all */
 	SH_TX_BACKPRESSURE = 10, /* the receiver fell behind by the bound */
 	SH_TX_POISONED = 11,    /* the receiver splices, with redirected bytes unread */
-	SH_TX_ZEROCOPY = 12,    /* this socket enabled SO_ZEROCOPY */
 };
 
 struct sh_sock {
@@ -124,7 +123,7 @@ enum sh_hazard_flags {
 	SH_HAZARD_WAITALL = 2,
 	SH_HAZARD_ZEROCOPY = 4,
 	SH_HAZARD_STRANDED = 8, /* ...while redirected bytes were unread */
-	SH_HAZARD_ZCSEND = 16,  /* sends with SO_ZEROCOPY (its completions) */
+	SH_HAZARD_ZCSEND = 16,  /* enables SO_ZEROCOPY (a sender's hazard) */
 };
 
 #define SH_MAX_EXCLUDE_PORTS 16
@@ -151,13 +150,13 @@ enum sh_stat {
 	SH_STAT_TX_NO_PEER,      /* directions switched to TCP, by reason */
 	SH_STAT_TX_UNSAFE_RX,
 	SH_STAT_TX_BACKPRESSURE,
-	SH_STAT_TX_ZEROCOPY,     /* ...the sender enabled SO_ZEROCOPY */
 	SH_STAT_TX_SWITCH,       /* directions switched from TCP to redirect */
 	SH_STAT_RX_UNSAFE,       /* paired receivers seen splicing or waiting for all */
 	SH_STAT_RX_STRANDED,     /* ...while redirected bytes were unread */
 	SH_STAT_TX_POISONED,     /* directions kept on redirect for a stranded receiver */
 	SH_STAT_SKIP_HAZARD,     /* sockets not paired: their cgroup splices or waits */
 	SH_STAT_RETIRED,         /* sockets that left the sockhash to send as plain TCP */
+	SH_STAT_ZC_REFUSED,      /* SO_ZEROCOPY refused on a socket in the sockhash */
 	SH_STAT_SKIP_DATA,       /* connections not paired, by reason */
 	SH_STAT_SKIP_REMOTE,
 	SH_STAT_SKIP_EXCLUDED,

@@ -108,15 +108,11 @@ static __always_inline __u64 sh_cgroup_of(struct sock *sk)
 
 /*
  * A socket with SO_ZEROCOPY (a listener's is inherited by the sockets it
- * accepts). In the sockhash its sends go through tcp_bpf_sendmsg, which
- * copies the data: redirected, a MSG_ZEROCOPY send never completes; passed
- * to TCP it completes, but numbered per chunk of that copy, so that the ids
- * run ahead of the sender's count (docs/hazards.md). Such a socket is not
- * paired. One that enables it once paired sends through TCP from then on,
- * and never leaves the sockhash: outside it, real zerocopy sends would be
- * completed by the ids that ran ahead, before the kernel is done with
- * their buffers; inside, every send is copied before it returns, so any
- * completion the sender believes is true.
+ * accepts). In the sockhash its sends would go through tcp_bpf_sendmsg,
+ * which copies the data: redirected, a MSG_ZEROCOPY send never completes;
+ * passed to TCP it completes, but each chunk of the copy takes its own
+ * completion id (docs/hazards.md). Such a socket is not paired; one in the
+ * sockhash cannot enable it (sockhop_sockopt).
  */
 static __always_inline int sh_zerocopy(struct sock *sk)
 {
@@ -399,8 +395,8 @@ static __always_inline int sh_retire_peer(struct sh_sock *state)
 	if (!state->peer_sk)
 		return 1;
 	rx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
-	if (!rx || (rx->flags & SH_RX_RETIRED) || sh_zerocopy((struct sock *)state->peer_sk))
-		return 1; /* (a zerocopy sender stays: sh_zerocopy) */
+	if (!rx || (rx->flags & SH_RX_RETIRED))
+		return 1;
 	if ((rx->flags & SH_RX_INCOMING) || (state->flags & SH_SOCK_INCOMING))
 		return 0;
 	if (sh_backlog_of_sk(state->peer_sk))
@@ -451,12 +447,6 @@ static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
 	if (!state)
 		return;
-	if (!(rx->flags & SH_RX_RETIRED) && sh_zerocopy(kctx->sk)) {
-		/* It enabled SO_ZEROCOPY after its sends went to TCP for
-		 * good: it stays (sh_zerocopy), and so does its peer. */
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
-		return;
-	}
 	if (!(rx->flags & SH_RX_RETIRED)) {
 		if (rx->flags & SH_RX_INCOMING)
 			return;

@@ -21,7 +21,6 @@ enum sh_podst_stat {
 	SH_PODST_TX_NO_PEER,      /* directions on TCP for good, by reason: the peer left */
 	SH_PODST_TX_UNSAFE_RX,    /* ...the receiver guard (splices, waits for all, policy) */
 	SH_PODST_TX_BACKPRESSURE, /* ...the receiver fell behind by the bound */
-	SH_PODST_TX_ZEROCOPY,     /* ...the sender enabled SO_ZEROCOPY */
 	SH_PODST_POISONED,        /* directions kept on redirect for a stranded receiver */
 	SH_PODST_RETIRED,         /* sockets that left the sockhash to send as plain TCP */
 	SH_PODST_SKIP_NO_PEER,    /* sockets not paired, by reason: no peer end joined */
@@ -87,9 +86,6 @@ static __always_inline void sh_pod_final(const struct sh_sock *state, __u32 tx)
 		break;
 	case SH_TX_BACKPRESSURE:
 		sh_pod_count(state->pod, SH_PODST_TX_BACKPRESSURE);
-		break;
-	case SH_TX_ZEROCOPY:
-		sh_pod_count(state->pod, SH_PODST_TX_ZEROCOPY);
 		break;
 	}
 }

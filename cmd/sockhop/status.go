@@ -196,6 +196,7 @@ type countersView struct {
 	UnsafeReceivers    uint64            `json:"unsafe_receivers"`
 	Stranded           uint64            `json:"stranded_receivers"`
 	Poisoned           uint64            `json:"poisoned_directions"`
+	ZeroCopyRefused    uint64            `json:"zerocopy_refused"`
 	Retired            uint64            `json:"retired_sockets"`
 	Passthrough        map[string]uint64 `json:"passthrough"`
 	MapErrors          map[string]uint64 `json:"map_errors"`
@@ -238,7 +239,7 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 		PairedSockets: c.PairedSockets, RedirectedMessages: c.RedirectedMessages, RedirectedBytes: c.RedirectedBytes,
 		TCPMessages: c.TCPMessages, TCPBytes: c.TCPBytes, Passthrough: c.Passthrough, MapErrors: c.MapErrors,
 		Switches: c.Switches, UnsafeReceivers: c.UnsafeReceivers, Stranded: c.Stranded, Poisoned: c.Poisoned,
-		Retired: c.Retired,
+		ZeroCopyRefused: c.ZeroCopyRefused, Retired: c.Retired,
 	}
 	if rep.SocketsInMap, err = src.Sockets(); err != nil {
 		return rep, err
@@ -311,6 +312,7 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	fmt.Fprintf(tw, "  sockets retired to plain TCP\t%d (their sends on TCP for good)\n", c.Retired)
 	fmt.Fprintf(tw, "  receivers seen splicing or waiting for all\t%d (%d with redirected bytes unread, %d directions kept on redirect for them)\n",
 		c.UnsafeReceivers, c.Stranded, c.Poisoned)
+	fmt.Fprintf(tw, "  SO_ZEROCOPY refused in the sockhash\t%d (the sender falls back to plain sends)\n", c.ZeroCopyRefused)
 	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", cliout.Counts(c.Passthrough, "none"))
 	fmt.Fprintf(tw, "  failed map operations\t%s\n", cliout.Counts(c.MapErrors, "none"))
 	if err := tw.Flush(); err != nil {

@@ -52,7 +52,7 @@ type abortShPod struct {
 
 type abortShPodst struct {
 	_ structs.HostLayout
-	N [17]uint64
+	N [16]uint64
 }
 
 type abortShRx struct {

@@ -36,6 +36,10 @@ type Attachment struct {
 
 const cgroupLinkPrefix = "cgroup-"
 
+// sockoptLinkPrefix names a pod's second link: the setsockopt program
+// (sockhop_sockopt), which refuses SO_ZEROCOPY on its paired sockets.
+const sockoptLinkPrefix = "sockopt-"
+
 // rootCgroupID is the id of a cgroup v2 hierarchy's root directory.
 const rootCgroupID = 1
 
@@ -93,10 +97,15 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 		l.Close()
 		return nil
 	}
-	// The node-wide tracepoints watch the pod's sockets from their first.
+	// The node-wide tracepoints watch the pod's sockets from their first,
+	// and the setsockopt program guards them from their first.
 	d.guardMu.Lock()
 	defer d.guardMu.Unlock()
-	if err := d.ensureGuards(); err != nil {
+	err = d.ensureGuards()
+	if err == nil {
+		err = d.ensureSockopt(dir, id)
+	}
+	if err != nil {
 		if !existed {
 			d.objs.SockhopPods.Delete(id)
 			d.objs.SockhopPodst.Delete(id)
@@ -115,6 +124,7 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 		}
 	}
 	if err != nil {
+		removeLinkPin(d.sockoptPin(id))
 		if !existed {
 			d.objs.SockhopPods.Delete(id)
 			d.objs.SockhopPodst.Delete(id)
@@ -122,6 +132,39 @@ func (d *Datapath) Attach(cgroupDir string, cfg PodConfig) error {
 		return fmt.Errorf("attach sockops to %s: %w", cgroupDir, err)
 	}
 	return l.Close() // the pin holds the link
+}
+
+func (d *Datapath) sockoptPin(id uint64) string {
+	return filepath.Join(d.opts.PinDir, linksDir, sockoptLinkPrefix+strconv.FormatUint(id, 10))
+}
+
+// ensureSockopt attaches the setsockopt program to a pod's cgroup, or
+// points its link at this datapath's program.
+func (d *Datapath) ensureSockopt(dir *os.File, id uint64) error {
+	if d.objs.SockhopSockopt == nil {
+		return nil // a datapath pinned before the program existed
+	}
+	pin := d.sockoptPin(id)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		if err := l.Update(d.objs.SockhopSockopt); err != nil {
+			return fmt.Errorf("update the setsockopt link: %w", err)
+		}
+		return nil
+	}
+	l, err := link.AttachRawLink(link.RawLinkOptions{
+		Target:  int(dir.Fd()),
+		Program: d.objs.SockhopSockopt,
+		Attach:  ebpf.AttachCGroupSetsockopt,
+	})
+	if err != nil {
+		return fmt.Errorf("attach the setsockopt program: %w", err)
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin the setsockopt link: %w", err)
+	}
+	return nil
 }
 
 // Detach removes the link of a cgroup directory; nil when it is not
@@ -143,6 +186,9 @@ func (d *Datapath) Detach(cgroupDir string) error {
 
 // DetachID removes the attachment of the cgroup with this id.
 func (d *Datapath) DetachID(id uint64) error {
+	// The setsockopt link last: it guards the sockets the sockops link
+	// may still pair until it goes.
+	defer removeLinkPin(d.sockoptPin(id))
 	pin := d.linkPin(id)
 	l, err := link.LoadPinnedLink(pin, nil)
 	switch {
@@ -317,4 +363,25 @@ func (d *Datapath) cgroupLive(id uint64) bool {
 	defer f.Close()
 	got, err := cgroupID(f)
 	return err == nil && got == id
+}
+
+// relinkSockopt points an attached pod's setsockopt link at this datapath's
+// program, attaching it if the pod has none.
+func (d *Datapath) relinkSockopt(id uint64) error {
+	pod, ok := d.lookupPod(id)
+	if !ok {
+		return nil
+	}
+	dir, err := os.Open(cString(pod.Path[:]))
+	if err != nil {
+		return nil // its cgroup is gone: the link goes at its detach
+	}
+	defer dir.Close()
+	if got, err := cgroupID(dir); err != nil || got != id {
+		return nil
+	}
+	if err := d.ensureSockopt(dir, id); err != nil {
+		return fmt.Errorf("cgroup %d: %w", id, err)
+	}
+	return nil
 }

@@ -26,6 +26,10 @@ type Counters struct {
 	UnsafeReceivers uint64
 	Stranded        uint64
 	Poisoned        uint64
+	// ZeroCopyRefused counts setsockopt(SO_ZEROCOPY) calls refused on
+	// sockets in the sockhash (EOPNOTSUPP: the sender falls back to
+	// plain sends).
+	ZeroCopyRefused uint64
 	// Aborted counts the connections of stranded receivers aborted
 	// (AbortStranded): both ends saw an error instead of a stall.
 	Aborted uint64
@@ -50,9 +54,8 @@ const (
 	ReasonNoClient     = "no_client"       // a server end whose client end is not accelerated
 	ReasonAmbiguous    = "ambiguous"       // two sockets claimed one connection: none paired
 	ReasonHazard       = "hazard_learnt"   // a socket of a cgroup seen splicing or waiting for all
-	// A socket with SO_ZEROCOPY: not paired, or its direction left
-	// redirect when it enabled it (a redirected zerocopy send never
-	// completes).
+	// A connection with an end that has SO_ZEROCOPY: not paired (a
+	// redirected zerocopy send never completes).
 	ReasonZeroCopy = "zerocopy_sender"
 )
 
@@ -83,6 +86,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		UnsafeReceivers:    get(sockhopShStatSH_STAT_RX_UNSAFE),
 		Stranded:           get(sockhopShStatSH_STAT_RX_STRANDED),
 		Poisoned:           get(sockhopShStatSH_STAT_TX_POISONED),
+		ZeroCopyRefused:    get(sockhopShStatSH_STAT_ZC_REFUSED),
 		Aborted:            d.aborts(),
 		Retired:            get(sockhopShStatSH_STAT_RETIRED),
 		Passthrough: map[string]uint64{
@@ -96,7 +100,7 @@ func (d *Datapath) Counters() (Counters, error) {
 			ReasonNoClient:     get(sockhopShStatSH_STAT_SKIP_NO_CLIENT),
 			ReasonAmbiguous:    get(sockhopShStatSH_STAT_SKIP_AMBIGUOUS),
 			ReasonHazard:       get(sockhopShStatSH_STAT_SKIP_HAZARD),
-			ReasonZeroCopy:     get(sockhopShStatSH_STAT_TX_ZEROCOPY) + get(sockhopShStatSH_STAT_SKIP_ZEROCOPY),
+			ReasonZeroCopy:     get(sockhopShStatSH_STAT_SKIP_ZEROCOPY),
 		},
 		MapErrors: map[string]uint64{
 			"sockhash":       get(sockhopShStatSH_STAT_ERR_SOCKHASH),
@@ -149,8 +153,8 @@ const (
 	// SawStranded: one of those while redirected bytes were unread: that
 	// connection may stall (docs/hazards.md).
 	SawStranded = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_STRANDED)
-	// SawZeroCopySend: a paired socket enabled SO_ZEROCOPY (a sender's
-	// hazard: its zerocopy completions).
+	// SawZeroCopySend: a paired socket tried to enable SO_ZEROCOPY (a
+	// sender's hazard: its zerocopy completions).
 	SawZeroCopySend = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_ZCSEND)
 )
 

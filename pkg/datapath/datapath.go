@@ -297,7 +297,9 @@ func (d *Datapath) relink() error {
 	return d.eachCgroupLink(func(id uint64, l link.Link) error {
 		err := l.Update(d.objs.SockhopSockops)
 		if err == nil {
-			return nil
+			// A pod attached by a sockhop from before the setsockopt
+			// program gets its link now.
+			return d.relinkSockopt(id)
 		}
 		// The kernel severs the link of a removed cgroup (a pod deleted
 		// while no agent ran): nothing to update, only a pin to drop.

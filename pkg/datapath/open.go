@@ -81,7 +81,9 @@ func Open(pinDir string) (*Datapath, error) {
 		*dst = p
 	}
 	// Programs absent where a sockhop from before them is installed.
-	for name, dst := range map[string]**ebpf.Program{"close": &d.objs.SockhopClose, "ready": &d.objs.SockhopReady} {
+	for name, dst := range map[string]**ebpf.Program{
+		"close": &d.objs.SockhopClose, "ready": &d.objs.SockhopReady, "sockopt": &d.objs.SockhopSockopt,
+	} {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
 		switch {
 		case err == nil:

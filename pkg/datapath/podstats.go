@@ -25,7 +25,7 @@ type PodStats struct {
 	Redirected uint64 `json:"redirected"`
 	// OnTCP counts directions on TCP for good, by reason (ReasonNoPeer:
 	// the peer left or retired, ReasonUnsafeRx: the receiver guard,
-	// ReasonBackpressure, ReasonZeroCopy). A direction that was redirected before counts
+	// ReasonBackpressure). A direction that was redirected before counts
 	// in both.
 	OnTCP map[string]uint64 `json:"on_tcp"`
 	// Poisoned counts directions kept on redirect for a receiver that
@@ -56,7 +56,6 @@ func podStatsOf(v *sockhopShPodst) PodStats {
 			ReasonNoPeer:       n(sockhopShPodstStatSH_PODST_TX_NO_PEER),
 			ReasonUnsafeRx:     n(sockhopShPodstStatSH_PODST_TX_UNSAFE_RX),
 			ReasonBackpressure: n(sockhopShPodstStatSH_PODST_TX_BACKPRESSURE),
-			ReasonZeroCopy:     n(sockhopShPodstStatSH_PODST_TX_ZEROCOPY),
 		},
 		Poisoned: n(sockhopShPodstStatSH_PODST_POISONED),
 		Retired:  n(sockhopShPodstStatSH_PODST_RETIRED),
@@ -133,7 +132,6 @@ var (
 		ReasonBackpressure: "back-pressure",
 		ReasonUnsafeRx:     "receiver guard",
 		ReasonNoPeer:       "peer left",
-		ReasonZeroCopy:     "sender enabled SO_ZEROCOPY",
 	}
 	unpairedWords = map[string]string{
 		ReasonNoPeer:     "no peer end",

@@ -62,7 +62,7 @@ type sockhopShPod struct {
 
 type sockhopShPodst struct {
 	_ structs.HostLayout
-	N [17]uint64
+	N [16]uint64
 }
 
 type sockhopShPodstStat uint32
@@ -74,18 +74,17 @@ const (
 	sockhopShPodstStatSH_PODST_TX_NO_PEER      sockhopShPodstStat = 3
 	sockhopShPodstStatSH_PODST_TX_UNSAFE_RX    sockhopShPodstStat = 4
 	sockhopShPodstStatSH_PODST_TX_BACKPRESSURE sockhopShPodstStat = 5
-	sockhopShPodstStatSH_PODST_TX_ZEROCOPY     sockhopShPodstStat = 6
-	sockhopShPodstStatSH_PODST_POISONED        sockhopShPodstStat = 7
-	sockhopShPodstStatSH_PODST_RETIRED         sockhopShPodstStat = 8
-	sockhopShPodstStatSH_PODST_SKIP_NO_PEER    sockhopShPodstStat = 9
-	sockhopShPodstStatSH_PODST_SKIP_REMOTE     sockhopShPodstStat = 10
-	sockhopShPodstStatSH_PODST_SKIP_EXCLUDED   sockhopShPodstStat = 11
-	sockhopShPodstStatSH_PODST_SKIP_HAZARD     sockhopShPodstStat = 12
-	sockhopShPodstStatSH_PODST_SKIP_POLICY     sockhopShPodstStat = 13
-	sockhopShPodstStatSH_PODST_SKIP_DATA       sockhopShPodstStat = 14
-	sockhopShPodstStatSH_PODST_SKIP_MAP_FULL   sockhopShPodstStat = 15
-	sockhopShPodstStatSH_PODST_SKIP_ZEROCOPY   sockhopShPodstStat = 16
-	sockhopShPodstStatSH_PODST_MAX             sockhopShPodstStat = 17
+	sockhopShPodstStatSH_PODST_POISONED        sockhopShPodstStat = 6
+	sockhopShPodstStatSH_PODST_RETIRED         sockhopShPodstStat = 7
+	sockhopShPodstStatSH_PODST_SKIP_NO_PEER    sockhopShPodstStat = 8
+	sockhopShPodstStatSH_PODST_SKIP_REMOTE     sockhopShPodstStat = 9
+	sockhopShPodstStatSH_PODST_SKIP_EXCLUDED   sockhopShPodstStat = 10
+	sockhopShPodstStatSH_PODST_SKIP_HAZARD     sockhopShPodstStat = 11
+	sockhopShPodstStatSH_PODST_SKIP_POLICY     sockhopShPodstStat = 12
+	sockhopShPodstStatSH_PODST_SKIP_DATA       sockhopShPodstStat = 13
+	sockhopShPodstStatSH_PODST_SKIP_MAP_FULL   sockhopShPodstStat = 14
+	sockhopShPodstStatSH_PODST_SKIP_ZEROCOPY   sockhopShPodstStat = 15
+	sockhopShPodstStatSH_PODST_MAX             sockhopShPodstStat = 16
 )
 
 type sockhopShRx struct {
@@ -116,13 +115,13 @@ const (
 	sockhopShStatSH_STAT_TX_NO_PEER      sockhopShStat = 6
 	sockhopShStatSH_STAT_TX_UNSAFE_RX    sockhopShStat = 7
 	sockhopShStatSH_STAT_TX_BACKPRESSURE sockhopShStat = 8
-	sockhopShStatSH_STAT_TX_ZEROCOPY     sockhopShStat = 9
-	sockhopShStatSH_STAT_TX_SWITCH       sockhopShStat = 10
-	sockhopShStatSH_STAT_RX_UNSAFE       sockhopShStat = 11
-	sockhopShStatSH_STAT_RX_STRANDED     sockhopShStat = 12
-	sockhopShStatSH_STAT_TX_POISONED     sockhopShStat = 13
-	sockhopShStatSH_STAT_SKIP_HAZARD     sockhopShStat = 14
-	sockhopShStatSH_STAT_RETIRED         sockhopShStat = 15
+	sockhopShStatSH_STAT_TX_SWITCH       sockhopShStat = 9
+	sockhopShStatSH_STAT_RX_UNSAFE       sockhopShStat = 10
+	sockhopShStatSH_STAT_RX_STRANDED     sockhopShStat = 11
+	sockhopShStatSH_STAT_TX_POISONED     sockhopShStat = 12
+	sockhopShStatSH_STAT_SKIP_HAZARD     sockhopShStat = 13
+	sockhopShStatSH_STAT_RETIRED         sockhopShStat = 14
+	sockhopShStatSH_STAT_ZC_REFUSED      sockhopShStat = 15
 	sockhopShStatSH_STAT_SKIP_DATA       sockhopShStat = 16
 	sockhopShStatSH_STAT_SKIP_REMOTE     sockhopShStat = 17
 	sockhopShStatSH_STAT_SKIP_EXCLUDED   sockhopShStat = 18
@@ -166,7 +165,6 @@ const (
 	sockhopShTxSH_TX_UNSAFE_RX    sockhopShTx = 9
 	sockhopShTxSH_TX_BACKPRESSURE sockhopShTx = 10
 	sockhopShTxSH_TX_POISONED     sockhopShTx = 11
-	sockhopShTxSH_TX_ZEROCOPY     sockhopShTx = 12
 )
 
 // Names of all BPF objects in the ELF.
@@ -190,6 +188,7 @@ const (
 	sockhopProgSockhopReady    = "sockhop_ready"
 	sockhopProgSockhopRecv     = "sockhop_recv"
 	sockhopProgSockhopSockops  = "sockhop_sockops"
+	sockhopProgSockhopSockopt  = "sockhop_sockopt"
 	sockhopProgSockhopSysenter = "sockhop_sysenter"
 	sockhopVarShAppReceivers   = "sh_app_receivers"
 	sockhopVarShBacklogLimit   = "sh_backlog_limit"
@@ -251,6 +250,7 @@ type sockhopProgramSpecs struct {
 	SockhopReady    *ebpf.ProgramSpec `ebpf:"sockhop_ready"`
 	SockhopRecv     *ebpf.ProgramSpec `ebpf:"sockhop_recv"`
 	SockhopSockops  *ebpf.ProgramSpec `ebpf:"sockhop_sockops"`
+	SockhopSockopt  *ebpf.ProgramSpec `ebpf:"sockhop_sockopt"`
 	SockhopSysenter *ebpf.ProgramSpec `ebpf:"sockhop_sysenter"`
 }
 
@@ -366,6 +366,7 @@ type sockhopPrograms struct {
 	SockhopReady    *ebpf.Program `ebpf:"sockhop_ready"`
 	SockhopRecv     *ebpf.Program `ebpf:"sockhop_recv"`
 	SockhopSockops  *ebpf.Program `ebpf:"sockhop_sockops"`
+	SockhopSockopt  *ebpf.Program `ebpf:"sockhop_sockopt"`
 	SockhopSysenter *ebpf.Program `ebpf:"sockhop_sysenter"`
 }
 
@@ -376,6 +377,7 @@ func (p *sockhopPrograms) Close() error {
 		p.SockhopReady,
 		p.SockhopRecv,
 		p.SockhopSockops,
+		p.SockhopSockopt,
 		p.SockhopSysenter,
 	)
 }
