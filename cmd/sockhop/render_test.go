@@ -41,7 +41,7 @@ func (s source) PodStats() (map[uint64]datapath.PodStats, error) {
 }
 func (s source) Build() (datapath.Build, error) {
 	return datapath.Build{SockopsTag: "0123456789abcdef", MsgTag: "fedcba9876543210",
-		Options: datapath.Options{ProxyUIDs: []uint32{1337}, BacklogLimit: 3 << 20}}, nil
+		Options: datapath.Options{ProxyUIDs: []uint32{1337}, BacklogLimit: 3 << 20}, NodeTracepoints: true}, nil
 }
 
 const podPath = "/sys/fs/cgroup/unified/kubepods/besteffort/pod8b4c1d2e-3f40-4a5b-9c6d-7e8f90a1b2c3"
@@ -76,6 +76,7 @@ func TestStatusTable(t *testing.T) {
 		"sockops 0123456789abcdef, sk_msg fedcba9876543210",
 		"proxy uids [1337] seen reading with recvmsg",
 		"3.0 MiB unread per receiver",
+		"node-wide tracepoints", "attached (pods attached or paired sockets open)",
 		"ATTACHED CGROUPS: 2",
 		"8b4c1d2e-3f40-4a5b-9c6d-7e8f90a1b2c3",
 		"BestEffort",

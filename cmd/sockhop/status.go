@@ -184,6 +184,10 @@ type datapathView struct {
 	// BacklogLimit: unread redirected bytes per receiver before its sender
 	// goes back to TCP; -1 when unbounded.
 	BacklogLimit int `json:"backlog_limit"`
+	// NodeTracepoints: the node-wide tracepoints are attached (while a pod
+	// is attached or a paired socket is open; nothing else on the node
+	// pays for them otherwise).
+	NodeTracepoints bool `json:"node_tracepoints_attached"`
 }
 
 type countersView struct {
@@ -209,7 +213,7 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 		return rep, err
 	}
 	rep.Datapath = datapathView{SockopsTag: b.SockopsTag, MsgTag: b.MsgTag, ProxyUIDs: b.Options.ProxyUIDs,
-		AppReceivers: b.Options.AppReceivers, BacklogLimit: b.Options.BacklogLimit}
+		AppReceivers: b.Options.AppReceivers, BacklogLimit: b.Options.BacklogLimit, NodeTracepoints: b.NodeTracepoints}
 	atts, err := src.Attachments()
 	if err != nil {
 		return rep, fmt.Errorf("list attachments: %w", err)
@@ -269,6 +273,11 @@ func renderStatus(w io.Writer, rep statusReport) error {
 		fmt.Fprintf(tw, "  back-pressure bound\t%s unread per receiver (guarded)\n", cliout.Bytes(uint64(dp.BacklogLimit)))
 	} else {
 		fmt.Fprintf(tw, "  back-pressure bound\tnone (unguarded)\n")
+	}
+	if dp.NodeTracepoints {
+		fmt.Fprintf(tw, "  node-wide tracepoints	attached (pods attached or paired sockets open)\n")
+	} else {
+		fmt.Fprintf(tw, "  node-wide tracepoints	not attached (nothing to guard: the node pays nothing)\n")
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -109,11 +109,14 @@ type Build struct {
 	SockopsTag string
 	MsgTag     string
 	Options    Options
+	// NodeTracepoints: the node-wide tracepoints are attached (only while
+	// a pod is attached or a paired socket is open).
+	NodeTracepoints bool
 }
 
 // Build reports the programs and options in use.
 func (d *Datapath) Build() (Build, error) {
-	b := Build{Options: d.opts}
+	b := Build{Options: d.opts, NodeTracepoints: d.GuardsAttached()}
 	for _, p := range []struct {
 		prog *ebpf.Program
 		tag  *string
