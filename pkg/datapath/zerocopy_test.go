@@ -2,6 +2,7 @@ package datapath_test
 
 import (
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -24,6 +25,10 @@ import (
 //   - after: a later connection of that container, SO_ZEROCOPY late: not
 //     paired (the learnt hazard), so SO_ZEROCOPY is accepted, and every
 //     send completes, one id each.
+//   - listener (a fresh pod): a server whose listener has SO_ZEROCOPY, which
+//     its accepted sockets inherit: its connections are not paired (the
+//     client, which joined first, is taken back out: the sockhash is empty
+//     while they are open), and a stream through one arrives intact.
 //
 // SOCKHOP_HAZARD_DROP_GUARD=receiver-guard (the mechanism alone): the late
 // SO_ZEROCOPY is accepted, the zerocopy sends are redirected, none
@@ -82,6 +87,38 @@ func TestHazardZeroCopySend(t *testing.T) {
 			t.Fatalf("after: a socket of a container learnt to enable zerocopy was paired (or not counted): %v", d)
 		}
 		completed("after", rep)
+	})
+
+	t.Run("listener", func(t *testing.T) {
+		e := newEnv(t, hazardOptions(t))
+		p := e.pod("app", true)
+		e.server(p, appUID, testbed.PeerSpec{Mode: testbed.ModeEcho, Listen: []string{"127.0.0.1:7401"}, ZeroCopy: true})
+		e.server(p, appUID, testbed.PeerSpec{Mode: testbed.ModeStream, Listen: []string{"127.0.0.1:7402"}, ZeroCopy: true})
+		before := e.counters()
+		held := e.startClient(p, appUID, testbed.PeerSpec{Mode: testbed.ModeConnHold, Target: "127.0.0.1:7401", Conns: 4, Parallel: 4, Size: 16})
+		if err := testbed.WaitConnsHeld(held, testbed.Patience(10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := e.dp.Sockets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := diff(before, e.counters())
+		t.Logf("held: %d sockets in the sockhash; datapath: %v", n, d)
+		if n != 0 || d.pass[datapath.ReasonZeroCopy] != 4 {
+			t.Fatalf("4 connections to a listener with SO_ZEROCOPY, open: %d sockets in the sockhash, %d counted (want 0 and 4)", n, d.pass[datapath.ReasonZeroCopy])
+		}
+		if err := testbed.Resume(held); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := held.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		before = e.counters()
+		mustOK(t, e.client(p, appUID, testbed.PeerSpec{Mode: testbed.ModeStream, Target: "127.0.0.1:7402", Conns: 1, Parallel: 1, Bytes: 4 << 20, MaxWrite: 64 << 10}), 1, 4<<20)
+		if d := diff(before, e.counters()); d.redirBytes != 0 || d.pass[datapath.ReasonZeroCopy] != 1 {
+			t.Fatalf("a stream to a listener with SO_ZEROCOPY was redirected (or not counted): %v", d)
+		}
 	})
 }
 

@@ -35,13 +35,16 @@ func network(addr string) string {
 	return "tcp6"
 }
 
-func listenConfig(deferAccept bool) net.ListenConfig {
+func listenConfig(spec PeerSpec) net.ListenConfig {
 	return net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			if serr == nil && deferAccept {
+			if serr == nil && spec.DeferAccept {
 				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 5)
+			}
+			if serr == nil && spec.ZeroCopy {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ZEROCOPY, 1)
 			}
 		})
 		return errors.Join(err, serr)
@@ -55,7 +58,7 @@ func serve(spec PeerSpec, ready func()) error {
 		if strings.HasPrefix(addr, "dual:") {
 			addr, nw = strings.TrimPrefix(addr, "dual:"), "tcp"
 		}
-		lc := listenConfig(spec.DeferAccept)
+		lc := listenConfig(spec)
 		ln, err := lc.Listen(context.Background(), nw, addr)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", addr, err)
