@@ -352,34 +352,39 @@ func cString(b []int8) string {
 
 // cgroupLive says whether the cgroup recorded for this id still exists.
 func (d *Datapath) cgroupLive(id uint64) bool {
+	f := d.openCgroup(id)
+	if f != nil {
+		f.Close()
+	}
+	return f != nil
+}
+
+// openCgroup opens the cgroup directory recorded for this id, or returns
+// nil when it is gone (or another cgroup took its path).
+func (d *Datapath) openCgroup(id uint64) *os.File {
 	pod, ok := d.lookupPod(id)
 	if !ok {
-		return false
+		return nil
 	}
 	f, err := os.Open(cString(pod.Path[:]))
 	if err != nil {
-		return false
+		return nil
 	}
-	defer f.Close()
-	got, err := cgroupID(f)
-	return err == nil && got == id
+	if got, err := cgroupID(f); err != nil || got != id {
+		f.Close()
+		return nil
+	}
+	return f
 }
 
 // relinkSockopt points an attached pod's setsockopt link at this datapath's
 // program, attaching it if the pod has none.
 func (d *Datapath) relinkSockopt(id uint64) error {
-	pod, ok := d.lookupPod(id)
-	if !ok {
-		return nil
-	}
-	dir, err := os.Open(cString(pod.Path[:]))
-	if err != nil {
+	dir := d.openCgroup(id)
+	if dir == nil {
 		return nil // its cgroup is gone: the link goes at its detach
 	}
 	defer dir.Close()
-	if got, err := cgroupID(dir); err != nil || got != id {
-		return nil
-	}
 	if err := d.ensureSockopt(dir, id); err != nil {
 		return fmt.Errorf("cgroup %d: %w", id, err)
 	}

@@ -1,6 +1,10 @@
 package datapath_test
 
 import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -132,4 +136,49 @@ func (s *sidecarPod) zeroCopy(t *testing.T, spec testbed.PeerSpec) testbed.ZeroC
 		t.Fatal(err)
 	}
 	return rep
+}
+
+// Each attached pod has a setsockopt link next to its sockops link. A pod
+// attached by a sockhop from before that program has none: the next Load
+// attaches it, and it refuses SO_ZEROCOPY on a paired socket. Detach takes
+// it away.
+func TestLoadAttachesTheSockoptLink(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	pin := filepath.Join(e.pinDir, "links", fmt.Sprintf("sockopt-%d", inode(t, p.cgroup)))
+	if _, err := os.Stat(pin); err != nil {
+		t.Fatalf("attached, but no setsockopt link: %v", err)
+	}
+	if err := os.Remove(pin); err != nil { // as an older sockhop left the pod
+		t.Fatal(err)
+	}
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := datapath.Load(e.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.dp = dp
+	if _, err := os.Stat(pin); err != nil {
+		t.Fatalf("after Load, no setsockopt link: %v", err)
+	}
+	e.server(p, appUID, testbed.PeerSpec{Mode: testbed.ModeSink, Listen: []string{"127.0.0.1:7403"}})
+	c := e.startClient(p, appUID, testbed.PeerSpec{Mode: testbed.ModeZeroCopySend, Target: "127.0.0.1:7403", Size: 64 << 10, Iterations: 4, MaxWrite: 64 << 10})
+	if _, err := c.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := testbed.ZeroCopySend(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.SockoptErrno != int(unix.EOPNOTSUPP) || rep.Received != rep.Written {
+		t.Fatalf("after Load, SO_ZEROCOPY on a paired socket: errno %d, want EOPNOTSUPP; %+v", rep.SockoptErrno, rep)
+	}
+	if err := e.dp.Detach(p.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("detached, but the setsockopt link is still pinned: %v", err)
+	}
 }
