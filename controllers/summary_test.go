@@ -185,7 +185,7 @@ func TestPodSummaryEventInTheAPI(t *testing.T) {
 	talk := func(conns int) {
 		t.Helper()
 		res, err := bed.Run(testbed.PeerSpec{Mode: testbed.ModeStream, UID: 1337, NetNS: netns.Name, Cgroup: n.cgroupDir(web),
-			Target: "127.0.0.1:8080", Conns: conns, Parallel: conns, Bytes: 1 << 20, MaxWrite: 16 << 10})
+			Target: "127.0.0.1:8080", Conns: conns, Parallel: conns, Bytes: 4 << 20, MaxWrite: 16 << 10})
 		if err == nil {
 			err = res.Err()
 		}
