@@ -125,8 +125,10 @@ type Datapath struct {
 	abortMu sync.Mutex
 	abort   *aborter
 	// guardMu orders Attach's attaching of the node-wide tracepoints
-	// with ReleaseIdleGuards' taking them away.
-	guardMu sync.Mutex
+	// with ReleaseIdleGuards' taking them away; guardsLinked: this
+	// datapath linked them to its programs (ensureGuards).
+	guardMu      sync.Mutex
+	guardsLinked bool
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the

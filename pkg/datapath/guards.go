@@ -37,9 +37,14 @@ func (d *Datapath) nodeTracepoints() []nodeTracepoint {
 }
 
 // ensureGuards attaches the node-wide tracepoints, or points them at this
-// datapath's programs; a no-op for those that already run them.
+// datapath's programs; a no-op for those that already run them. Once this
+// datapath has linked them, a look at the pins is all it costs (every
+// Attach calls it).
 func (d *Datapath) ensureGuards() error {
 	dir := filepath.Join(d.opts.PinDir, linksDir)
+	if d.guardsLinked && d.guardPinsPresent() {
+		return nil
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -52,13 +57,30 @@ func (d *Datapath) ensureGuards() error {
 		}
 	}
 	if d.opts.NoSyscallGuard {
-		return removeLinkPin(filepath.Join(dir, sysenterLinkID))
+		if err := removeLinkPin(filepath.Join(dir, sysenterLinkID)); err != nil {
+			return err
+		}
 	}
+	d.guardsLinked = true
 	return nil
+}
+
+// guardPinsPresent says whether every node-wide tracepoint is pinned.
+func (d *Datapath) guardPinsPresent() bool {
+	for _, tp := range d.nodeTracepoints() {
+		if tp.prog == nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(d.opts.PinDir, linksDir, tp.pin)); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // removeGuards detaches the node-wide tracepoints.
 func (d *Datapath) removeGuards() error {
+	d.guardsLinked = false
 	var errs []error
 	for _, id := range []string{recvLinkID, closeLinkID, readyLinkID, sysenterLinkID} {
 		errs = append(errs, removeLinkPin(filepath.Join(d.opts.PinDir, linksDir, id)))
