@@ -48,34 +48,13 @@ static __always_inline __u32 sh_redir_backlog(struct sk_msg_md *msg)
 	return sh_backlog_of((__u64)BPF_CORE_READ(kmsg, sk_redir));
 }
 
-/* The sending socket. */
-static __always_inline struct sock *sh_me(struct sk_msg_md *msg)
-{
-	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
-
-	return BPF_CORE_READ(kmsg, sk);
-}
-
 /* This socket's own entry in sockhop_rx. */
 static __always_inline struct sh_rx *sh_self(struct sk_msg_md *msg)
 {
-	__u64 me = (__u64)sh_me(msg);
+	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
+	__u64 me = (__u64)BPF_CORE_READ(kmsg, sk);
 
 	return bpf_map_lookup_elem(&sockhop_rx, &me);
-}
-
-/* A container (cgroup) seen doing what redirect breaks. */
-static __always_inline void sh_learn(__u64 cgroup, __u64 hazard)
-{
-	__u64 *h;
-
-	/* This container's later sockets are not paired. */
-	bpf_map_delete_elem(&sockhop_trust, &cgroup);
-	h = bpf_map_lookup_elem(&sockhop_hazard, &cgroup);
-	if (h)
-		__sync_fetch_and_or(h, hazard);
-	else
-		bpf_map_update_elem(&sockhop_hazard, &cgroup, &hazard, BPF_NOEXIST);
 }
 
 /* We no longer redirect into the peer: let it retire. Only from a run that
@@ -344,55 +323,24 @@ int sockhop_msg(struct sk_msg_md *msg)
 	return SK_PASS;
 }
 
-#define SH_SOL_SOCKET 1
-#define SH_SO_ZEROCOPY 60
-#define SH_EOPNOTSUPP 95
-
-/*
- * setsockopt(SO_ZEROCOPY) on a socket in the sockhash is refused with
- * EOPNOTSUPP, as for a socket that cannot do zerocopy; a sender is expected
- * to fall back to plain sends (a MSG_ZEROCOPY send without SO_ZEROCOPY is a
- * plain send, with no completion to wait for). Its sends go through
- * tcp_bpf_sendmsg, which copies them: redirected, a zerocopy send would
- * never complete, and passed to TCP each chunk of the copy takes its own
- * completion id, so that the ids would run ahead of the sender's count
- * (docs/hazards.md). A socket that has SO_ZEROCOPY when it is established
- * is not paired (sh_zerocopy). Its container is learnt: its later sockets
- * are not paired, and enable zerocopy. Runs before the kernel's
- * setsockopt, for the sockets of attached pods (a cgroup link per pod).
- */
-SEC("cgroup/setsockopt")
-int sockhop_sockopt(struct bpf_sockopt *ctx)
-{
-	struct bpf_sockopt_kern *kctx;
-	int *val = ctx->optval;
-	unsigned long data;
-	struct sock *sk;
-
-	if (ctx->level != SH_SOL_SOCKET || ctx->optname != SH_SO_ZEROCOPY || !sh_guard)
-		return 1;
-	if ((void *)(val + 1) > ctx->optval_end || *val == 0)
-		return 1; /* disabling it (or a malformed value, the kernel's to refuse) */
-	/* The kernel's socket: ctx->sk allows no field arithmetic. */
-	kctx = bpf_cast_to_kern_ctx(ctx);
-	sk = kctx->sk;
-	if (!sk)
-		return 1;
-	/* In a sockmap (ours or not): tcp_bpf's send path. */
-	data = (unsigned long)BPF_CORE_READ(sk, sk_user_data);
-	if (!(data & SK_USER_DATA_PSOCK))
-		return 1;
-	sh_learn(sh_cgroup_of(sk), SH_HAZARD_ZCSEND);
-	sh_count(SH_STAT_ZC_REFUSED, 1);
-	bpf_set_retval(-SH_EOPNOTSUPP);
-	return 0;
-}
-
 /*
  * The receive side. A paired socket read with recvmsg/read (this tracepoint
  * follows every sock_recvmsg) becomes a receiver redirect may switch into;
  * MSG_WAITALL makes it unsafe.
  */
+static __always_inline void sh_learn(__u64 cgroup, __u64 hazard)
+{
+	__u64 *h;
+
+	/* This container's later sockets are not paired. */
+	bpf_map_delete_elem(&sockhop_trust, &cgroup);
+	h = bpf_map_lookup_elem(&sockhop_hazard, &cgroup);
+	if (h)
+		__sync_fetch_and_or(h, hazard);
+	else
+		bpf_map_update_elem(&sockhop_hazard, &cgroup, &hazard, BPF_NOEXIST);
+}
+
 /* A receiver seen splicing (or the like) has redirected bytes unread, which
  * no such call sees: record it once, for the agent to abort (bpf/abort.c). */
 static __always_inline void sh_stranded(struct sh_rx *rx, __u64 sk, __u64 cgroup)
@@ -553,6 +501,7 @@ static __always_inline __u64 sh_sock_of_fd(long fd)
 #define SH_NR_RECVMMSG 299
 #define SH_IPPROTO_TCP 6
 #define SH_TCP_ZEROCOPY_RECEIVE 35
+
 /*
  * Before a syscall that reads a socket without seeing redirected data
  * (splice, sendfile from it, TCP zerocopy receive) or that waits for a full
@@ -607,6 +556,48 @@ int sockhop_sysenter(unsigned long long *ctx)
 	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
 	if (rx)
 		sh_unsafe(rx, sk, hazard);
+	return 0;
+}
+
+#define SH_SOL_SOCKET 1
+#define SH_SO_ZEROCOPY 60
+#define SH_EOPNOTSUPP 95
+
+/*
+ * setsockopt(SO_ZEROCOPY) on a socket in the sockhash is refused with
+ * EOPNOTSUPP, as for a socket that cannot do zerocopy; a sender is expected
+ * to fall back to plain sends (a MSG_ZEROCOPY send without SO_ZEROCOPY is a
+ * plain send, with no completion to wait for). Its sends go through
+ * tcp_bpf_sendmsg, which copies them: redirected, a zerocopy send would
+ * never complete, and passed to TCP each chunk of the copy takes its own
+ * completion id, so that the ids would run ahead of the sender's count
+ * (docs/hazards.md). A socket that has SO_ZEROCOPY when it is established
+ * is not paired (sh_zerocopy). Its container is learnt: its later sockets
+ * are not paired, and enable zerocopy. Runs before the kernel's
+ * setsockopt, for the sockets of attached pods (a cgroup link per pod).
+ */
+SEC("cgroup/setsockopt")
+int sockhop_sockopt(struct bpf_sockopt *ctx)
+{
+	struct bpf_sockopt_kern *kctx;
+	int *val = ctx->optval;
+	struct sock *sk;
+
+	if (ctx->level != SH_SOL_SOCKET || ctx->optname != SH_SO_ZEROCOPY || !sh_guard)
+		return 1;
+	if ((void *)(val + 1) > ctx->optval_end || *val == 0)
+		return 1; /* disabling it (or a malformed value, the kernel's to refuse) */
+	/* The kernel's socket: ctx->sk allows no field arithmetic. */
+	kctx = bpf_cast_to_kern_ctx(ctx);
+	sk = kctx->sk;
+	if (!sk)
+		return 1;
+	/* In a sockmap (ours or not): tcp_bpf's send path. */
+	if (!sh_psock_of((__u64)sk))
+		return 1;
+	sh_learn(sh_cgroup_of(sk), SH_HAZARD_ZCSEND);
+	sh_count(SH_STAT_ZC_REFUSED, 1);
+	bpf_set_retval(-SH_EOPNOTSUPP);
 	return 0;
 }
 

@@ -137,14 +137,22 @@ static __always_inline int sh_trusted(struct sock *sk)
 	return n && *n >= SH_TRUST_CLOSED;
 }
 
-/* Bytes redirected into a socket and not yet read, from its address. */
-static __always_inline __u32 sh_backlog_of_sk(__u64 sk)
+/* A socket's psock (it is in a sockmap), or NULL. */
+static __always_inline struct sk_psock *sh_psock_of(__u64 sk)
 {
 	unsigned long data = (unsigned long)BPF_CORE_READ((struct sock *)sk, sk_user_data);
 
 	if (!(data & SK_USER_DATA_PSOCK))
-		return 0;
-	return BPF_CORE_READ((struct sk_psock *)(data & SK_USER_DATA_PTRMASK), msg_tot_len);
+		return NULL;
+	return (struct sk_psock *)(data & SK_USER_DATA_PTRMASK);
+}
+
+/* Bytes redirected into a socket and not yet read, from its address. */
+static __always_inline __u32 sh_backlog_of_sk(__u64 sk)
+{
+	struct sk_psock *psock = sh_psock_of(sk);
+
+	return psock ? BPF_CORE_READ(psock, msg_tot_len) : 0;
 }
 
 /* Start watching this socket's reads, and get a callback when it closes. */
