@@ -186,9 +186,6 @@ func (d *Datapath) Detach(cgroupDir string) error {
 
 // DetachID removes the attachment of the cgroup with this id.
 func (d *Datapath) DetachID(id uint64) error {
-	// The setsockopt link last: it guards the sockets the sockops link
-	// may still pair until it goes.
-	defer removeLinkPin(d.sockoptPin(id))
 	pin := d.linkPin(id)
 	l, err := link.LoadPinnedLink(pin, nil)
 	switch {
@@ -200,6 +197,11 @@ func (d *Datapath) DetachID(id uint64) error {
 			return fmt.Errorf("detach cgroup %d: %w", id, err)
 		}
 	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("detach cgroup %d: %w", id, err)
+	}
+	// After the sockops link: the setsockopt program guards the sockets
+	// that link pairs until it is gone.
+	if err := removeLinkPin(d.sockoptPin(id)); err != nil {
 		return fmt.Errorf("detach cgroup %d: %w", id, err)
 	}
 	if err := d.objs.SockhopPods.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
