@@ -98,8 +98,11 @@ func (g *guardState) release(ctx context.Context, dp Datapath) error {
 		return fmt.Errorf("release the node-wide tracepoints: %w", err)
 	}
 	if !g.known || attached != g.attached {
-		log.FromContext(ctx).Info("node-wide tracepoints", "attached", attached,
-			"why", map[bool]string{true: "pods attached or paired sockets open", false: "nothing to guard: no pod attached, no paired socket open"}[attached])
+		why := "nothing to guard: no pod attached, no paired socket open"
+		if attached {
+			why = "pods attached or paired sockets open"
+		}
+		log.FromContext(ctx).Info("node-wide tracepoints", "attached", attached, "why", why)
 	}
 	g.known, g.attached = true, attached
 	return nil

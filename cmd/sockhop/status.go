@@ -275,9 +275,9 @@ func renderStatus(w io.Writer, rep statusReport) error {
 		fmt.Fprintf(tw, "  back-pressure bound\tnone (unguarded)\n")
 	}
 	if dp.NodeTracepoints {
-		fmt.Fprintf(tw, "  node-wide tracepoints	attached (pods attached or paired sockets open)\n")
+		fmt.Fprintf(tw, "  node-wide tracepoints\tattached (pods attached or paired sockets open)\n")
 	} else {
-		fmt.Fprintf(tw, "  node-wide tracepoints	not attached (nothing to guard: the node pays nothing)\n")
+		fmt.Fprintf(tw, "  node-wide tracepoints\tnot attached (nothing to guard: the node pays nothing)\n")
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -194,21 +194,28 @@ func (e *env) run(ns *testbed.NetNS, args ...string) {
 	}
 }
 
-// reloadWithCapacity closes the env's datapath and loads it again with
-// another MaxConnections: the pinned maps no longer fit, so Load replaces
-// them (established connections keep the old ones).
-func (e *env) reloadWithCapacity(t testing.TB, conns int) {
+// reload closes the env's datapath and loads it again from the pins, as a
+// restarted agent does.
+func (e *env) reload(t testing.TB, opts datapath.Options) {
 	t.Helper()
 	if err := e.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	opts := e.opts
-	opts.MaxConnections = conns
 	dp, err := datapath.Load(opts)
 	if err != nil {
-		t.Fatalf("load with a new capacity: %v", err)
+		t.Fatalf("load again: %v", err)
 	}
 	e.dp = dp
+}
+
+// reloadWithCapacity reloads with another MaxConnections: the pinned maps
+// no longer fit, so Load replaces them (established connections keep the
+// old ones).
+func (e *env) reloadWithCapacity(t testing.TB, conns int) {
+	t.Helper()
+	opts := e.opts
+	opts.MaxConnections = conns
+	e.reload(t, opts)
 }
 
 // delta is what happened between two counter readings.

@@ -210,15 +210,8 @@ func TestRestartThenUninstallUnderTraffic(t *testing.T) {
 	waitSent(t, e, 1)
 
 	// Restart: drop this process's handles, load again from the pins.
-	if err := e.dp.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dp, err := datapath.Load(e.opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.dp = dp
-	atts, err := dp.Attachments()
+	e.reload(t, e.opts)
+	atts, err := e.dp.Attachments()
 	if err != nil || len(atts) != 1 || atts[0].CgroupPath != p.cgroup || !atts[0].Live {
 		t.Fatalf("after a restart the attachment must still be listed: %+v, %v", atts, err)
 	}

@@ -152,14 +152,7 @@ func TestLoadAttachesTheSockoptLink(t *testing.T) {
 	if err := os.Remove(pin); err != nil { // as an older sockhop left the pod
 		t.Fatal(err)
 	}
-	if err := e.dp.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dp, err := datapath.Load(e.opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.dp = dp
+	e.reload(t, e.opts)
 	if _, err := os.Stat(pin); err != nil {
 		t.Fatalf("after Load, no setsockopt link: %v", err)
 	}

@@ -62,7 +62,8 @@ type PeerSpec struct {
 	// Client, stream: the server identity expected (exact-peer checks).
 	ExpectSeed  uint64 `json:"expect_seed,omitempty"`
 	DeferAccept bool   `json:"defer_accept,omitempty"` // server: TCP_DEFER_ACCEPT
-	// Server: SO_ZEROCOPY on the listener (its accepted sockets inherit it).
+	// SO_ZEROCOPY: a server's listener (its accepted sockets inherit
+	// it), a client's sockets before they connect.
 	ZeroCopy bool `json:"zero_copy,omitempty"`
 	// Client, stream: pause this long between connecting and writing.
 	ConnectPause time.Duration `json:"connect_pause,omitempty"`

@@ -340,15 +340,23 @@ func splitmix64(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
-// Dial connects to spec.Target (binding spec.SourcePort+i when set).
+// Dial connects to spec.Target (binding spec.SourcePort+i when set; with
+// SO_ZEROCOPY set before it connects when spec.ZeroCopy).
 func Dial(spec PeerSpec, i int) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: Patience(10 * time.Second)}
 	if spec.SourcePort != 0 {
 		d.LocalAddr = &net.TCPAddr{Port: spec.SourcePort + i}
+	}
+	if spec.SourcePort != 0 || spec.ZeroCopy {
 		d.Control = func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				if spec.SourcePort != 0 {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+				}
+				if serr == nil && spec.ZeroCopy {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ZEROCOPY, 1)
+				}
 			})
 			return errors.Join(err, serr)
 		}

@@ -8,8 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -59,21 +57,11 @@ func zeroCopySend(spec PeerSpec) (Result, error) {
 		res.Errors = append(res.Errors, rep.Error)
 		return res, nil
 	}
-	d := net.Dialer{Timeout: Patience(10 * time.Second)}
-	if spec.Size <= 0 {
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ZEROCOPY, 1)
-			})
-			return errors.Join(err, serr)
-		}
-	}
-	nc, err := d.Dial(network(spec.Target), spec.Target)
+	spec.ZeroCopy = spec.Size <= 0
+	c, err := Dial(spec, 0)
 	if err != nil {
 		return res, err
 	}
-	c := nc.(*net.TCPConn)
 	defer c.Close()
 	fd, err := blockingFD(c)
 	if err != nil {
