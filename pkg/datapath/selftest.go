@@ -473,9 +473,16 @@ func checkSplice(_ context.Context, n *selfTestNet, d *selfTestDatapath) (Hazard
 	defer unix.Close(pipe[0])
 	defer unix.Close(pipe[1])
 	queued := fionread(p.b)
-	// Non-blocking: on an affected kernel a blocking splice would wait
-	// for TCP data that never comes.
+	// Non-blocking socket and pipe: on an affected kernel a blocking
+	// splice waits for TCP data that never comes, and a signal in that
+	// wait ends it with EINTR, which says nothing about the kernel.
+	if err := unix.SetNonblock(p.b, true); err != nil {
+		return res, fmt.Errorf("splice check: set non-blocking: %w", err)
+	}
 	got, err := unix.Splice(p.b, nil, pipe[1], nil, size, unix.SPLICE_F_NONBLOCK)
+	for errors.Is(err, unix.EINTR) {
+		got, err = unix.Splice(p.b, nil, pipe[1], nil, size, unix.SPLICE_F_NONBLOCK)
+	}
 	switch {
 	case err == nil && got > 0:
 		buf := make([]byte, got)
