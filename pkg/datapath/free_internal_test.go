@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -63,6 +64,9 @@ func TestClosedDatapathKeepsItsConnections(t *testing.T) {
 		b := second
 		for len(b) > 0 {
 			n, err := unix.Write(p.a, b)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
 			if err != nil {
 				werr <- err
 				return
@@ -75,6 +79,9 @@ func TestClosedDatapathKeepsItsConnections(t *testing.T) {
 	buf := make([]byte, 64<<10)
 	for len(got) < 2<<20 {
 		n, err := unix.Read(p.b, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
 		if err != nil {
 			t.Fatalf("read after %d of %d bytes: %v", len(got), 2<<20, err)
 		}
