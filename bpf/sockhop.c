@@ -200,7 +200,9 @@ static __always_inline int sh_may_switch(struct sk_msg_md *msg, struct sh_sock *
 		sh_final(msg, state, SH_TX_UNSAFE_RX, SH_STAT_TX_UNSAFE_RX, 0);
 		return 0;
 	}
-	state->flags |= SH_SOCK_INCOMING;
+	if (!(old & SH_RX_FED))
+		__sync_fetch_and_or(&rx->flags, SH_RX_FED);
+	state->flags |= SH_SOCK_INCOMING | SH_SOCK_SWITCHED;
 	return 1;
 }
 

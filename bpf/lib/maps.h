@@ -69,6 +69,7 @@ struct sh_sock {
 
 enum sh_sock_flags {
 	SH_SOCK_INCOMING = 1, /* we set SH_RX_INCOMING on the peer */
+	SH_SOCK_SWITCHED = 2, /* our sends switched to redirect, once at least */
 };
 
 /* How many sends a client waits for its server end to join (it normally
@@ -91,6 +92,7 @@ enum sh_rx_flags {
 	SH_RX_RECVD = 256,    /* read with recvmsg/read since it was seen
 			       * stranded: back on a call that sees
 			       * redirected data (cleared by its next splice) */
+	SH_RX_FED = 512,      /* its peer switched to redirect into it, once at least */
 };
 
 /* Reads with recvmsg/read (returning data, without MSG_WAITALL) a receiver
@@ -164,6 +166,7 @@ enum sh_stat {
 	SH_STAT_SKIP_NO_CLIENT,
 	SH_STAT_SKIP_AMBIGUOUS,
 	SH_STAT_SKIP_ZEROCOPY,   /* ...an end with SO_ZEROCOPY */
+	SH_STAT_SKIP_SHORT,      /* ...its container's connections to that port were short-lived */
 	SH_STAT_ERR_SOCKHASH,    /* failed map operations, by map */
 	SH_STAT_ERR_STORAGE,
 	SH_STAT_ERR_PENDING,
@@ -237,6 +240,35 @@ struct {
 } sockhop_trust SEC(".maps");
 
 #define SH_TRUST_CLOSED 1
+
+/*
+ * Short-lived connections: a paired connection that closes having
+ * redirected nothing either way paid for its psocks and gained nothing.
+ * Counted per client container and server port; once SH_SHORT_STREAK such
+ * connections closed in a row, that container's new connections to that
+ * port are not paired, but for one in SH_SHORT_SAMPLE, which learns again
+ * (a sampled connection that redirects resets the streak).
+ */
+struct sh_short_key {
+	__u64 cgroup; /* the client socket's cgroup */
+	__u32 port;   /* the server's port */
+	__u32 pad;
+};
+
+struct sh_short {
+	__u64 wasted; /* paired connections closed in a row with nothing redirected */
+	__u64 seen;   /* connections seen since the streak reached SH_SHORT_STREAK */
+};
+
+#define SH_SHORT_STREAK 16
+#define SH_SHORT_SAMPLE 16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct sh_short_key);
+	__type(value, struct sh_short);
+} sockhop_short SEC(".maps");
 
 /* IPs of this node's accelerated pods: pairing across namespaces needs both ends here. */
 struct {

@@ -137,6 +137,43 @@ static __always_inline int sh_trusted(struct sock *sk)
 	return n && *n >= SH_TRUST_CLOSED;
 }
 
+/*
+ * Not worth pairing: this container's last SH_SHORT_STREAK paired
+ * connections to this port closed with nothing redirected (sockhop_short).
+ * One connection in SH_SHORT_SAMPLE is still paired, to learn again.
+ */
+static __always_inline int sh_short_lived(struct sock *sk, __u16 port)
+{
+	struct sh_short_key key = {.cgroup = sh_cgroup_of(sk), .port = port};
+	struct sh_short *s = bpf_map_lookup_elem(&sockhop_short, &key);
+
+	if (!s || s->wasted < SH_SHORT_STREAK)
+		return 0;
+	return __sync_fetch_and_add(&s->seen, 1) % SH_SHORT_SAMPLE != SH_SHORT_SAMPLE - 1;
+}
+
+/* A paired client closed: did its connection redirect anything, either
+ * way? Counts the streak sh_short_lived looks at. */
+static __always_inline void sh_learn_short(struct sock *sk, const struct sh_sock *state,
+					   const struct sh_rx *rx, __u16 port)
+{
+	struct sh_short_key key = {.cgroup = sh_cgroup_of(sk), .port = port};
+	struct sh_short one = {.wasted = 1}, *s;
+
+	s = bpf_map_lookup_elem(&sockhop_short, &key);
+	if ((state->flags & SH_SOCK_SWITCHED) || (rx->flags & SH_RX_FED)) {
+		if (s && s->wasted) {
+			s->wasted = 0;
+			s->seen = 0;
+		}
+		return;
+	}
+	if (s)
+		__sync_fetch_and_add(&s->wasted, 1);
+	else
+		bpf_map_update_elem(&sockhop_short, &key, &one, BPF_NOEXIST);
+}
+
 /* A socket's psock (it is in a sockmap), or NULL. */
 static __always_inline struct sk_psock *sh_psock_of(__u64 sk)
 {
@@ -226,7 +263,8 @@ static __always_inline int sh_is_pod_ip(const __u32 ip[4])
 }
 
 static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bpf_sock *bsk,
-					   struct sock *sk, struct sh_key *key, __u64 pod)
+					   struct sock *sk, struct sh_key *key, __u64 pod,
+					   __u16 server_port)
 {
 	struct sh_pending pending = {};
 	struct sh_pending *old;
@@ -242,6 +280,11 @@ static __always_inline void sh_pair_client(struct bpf_sock_ops *skops, struct bp
 	if (sh_hazardous(sk)) {
 		sh_count(SH_STAT_SKIP_HAZARD, 1);
 		sh_pod_count(pod, SH_PODST_SKIP_HAZARD);
+		return;
+	}
+	if (sh_short_lived(sk, server_port)) {
+		sh_count(SH_STAT_SKIP_SHORT, 1);
+		sh_pod_count(pod, SH_PODST_SKIP_SHORT);
 		return;
 	}
 	pending.client_sk = addr;
@@ -495,8 +538,11 @@ static __always_inline void sh_closed(struct bpf_sock_ops *skops)
 		else
 			bpf_map_update_elem(&sockhop_trust, &cgroup, &one, BPF_NOEXIST);
 	}
-	bpf_map_delete_elem(&sockhop_rx, &addr);
 	state = bpf_sk_storage_get(&sockhop_state, bsk, 0, 0);
+	/* The client end learns whether its connection was worth pairing. */
+	if (rx && state && state->peer.side == SH_SERVER)
+		sh_learn_short(kctx->sk, state, rx, bpf_ntohl(skops->remote_port));
+	bpf_map_delete_elem(&sockhop_rx, &addr);
 	/* A client that never learnt its server's address still has a
 	 * pending entry. */
 	if (state && state->peer.side == SH_SERVER && !state->peer_sk)
@@ -575,7 +621,7 @@ static __always_inline void sh_established(struct bpf_sock_ops *skops, enum sh_s
 		key.conn.client_port = local_port;
 		key.conn.client_seq = skops->snd_una;
 		key.conn.server_seq = skops->rcv_nxt;
-		sh_pair_client(skops, bsk, sk, &key, pod_id);
+		sh_pair_client(skops, bsk, sk, &key, pod_id, remote_port);
 	} else {
 		__builtin_memcpy(key.conn.client_ip, remote_ip, sizeof(remote_ip));
 		key.conn.client_port = remote_port;

@@ -31,6 +31,7 @@ enum sh_podst_stat {
 	SH_PODST_SKIP_DATA,       /* ...data flowed before establishment (TFO) */
 	SH_PODST_SKIP_MAP_FULL,   /* ...a map refused the entry (full) */
 	SH_PODST_SKIP_ZEROCOPY,   /* ...an end has SO_ZEROCOPY */
+	SH_PODST_SKIP_SHORT,      /* ...its connections to that port were short-lived */
 	SH_PODST_MAX,
 };
 

@@ -52,13 +52,26 @@ type abortShPod struct {
 
 type abortShPodst struct {
 	_ structs.HostLayout
-	N [16]uint64
+	N [17]uint64
 }
 
 type abortShRx struct {
 	_     structs.HostLayout
 	Flags uint64
 	Reads uint64
+}
+
+type abortShShort struct {
+	_      structs.HostLayout
+	Wasted uint64
+	Seen   uint64
+}
+
+type abortShShortKey struct {
+	_      structs.HostLayout
+	Cgroup uint64
+	Port   uint32
+	Pad    uint32
 }
 
 type abortShSock struct {
@@ -92,6 +105,7 @@ const (
 	abortMapSockhopPods    = "sockhop_pods"
 	abortMapSockhopPodst   = "sockhop_podst"
 	abortMapSockhopRx      = "sockhop_rx"
+	abortMapSockhopShort   = "sockhop_short"
 	abortMapSockhopSocks   = "sockhop_socks"
 	abortMapSockhopState   = "sockhop_state"
 	abortMapSockhopStats   = "sockhop_stats"
@@ -161,6 +175,7 @@ type abortMapSpecs struct {
 	SockhopPods    *ebpf.MapSpec `ebpf:"sockhop_pods"`
 	SockhopPodst   *ebpf.MapSpec `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.MapSpec `ebpf:"sockhop_rx"`
+	SockhopShort   *ebpf.MapSpec `ebpf:"sockhop_short"`
 	SockhopSocks   *ebpf.MapSpec `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.MapSpec `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.MapSpec `ebpf:"sockhop_stats"`
@@ -206,6 +221,7 @@ type abortMaps struct {
 	SockhopPods    *ebpf.Map `ebpf:"sockhop_pods"`
 	SockhopPodst   *ebpf.Map `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.Map `ebpf:"sockhop_rx"`
+	SockhopShort   *ebpf.Map `ebpf:"sockhop_short"`
 	SockhopSocks   *ebpf.Map `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.Map `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.Map `ebpf:"sockhop_stats"`
@@ -222,6 +238,7 @@ func (m *abortMaps) Close() error {
 		m.SockhopPods,
 		m.SockhopPodst,
 		m.SockhopRx,
+		m.SockhopShort,
 		m.SockhopSocks,
 		m.SockhopState,
 		m.SockhopStats,

@@ -57,6 +57,10 @@ const (
 	// A connection with an end that has SO_ZEROCOPY: not paired (a
 	// redirected zerocopy send never completes).
 	ReasonZeroCopy = "zerocopy_sender"
+	// A client end whose container's last connections to that port were
+	// short-lived (closed with nothing redirected): not paired, but for
+	// one in 16 (docs/datapath.md, "Short-lived connections").
+	ReasonShortLived = "short_lived"
 )
 
 // Counters sums the per-CPU counters.
@@ -101,6 +105,7 @@ func (d *Datapath) Counters() (Counters, error) {
 			ReasonAmbiguous:    get(sockhopShStatSH_STAT_SKIP_AMBIGUOUS),
 			ReasonHazard:       get(sockhopShStatSH_STAT_SKIP_HAZARD),
 			ReasonZeroCopy:     get(sockhopShStatSH_STAT_SKIP_ZEROCOPY),
+			ReasonShortLived:   get(sockhopShStatSH_STAT_SKIP_SHORT),
 		},
 		MapErrors: map[string]uint64{
 			"sockhash":       get(sockhopShStatSH_STAT_ERR_SOCKHASH),
@@ -140,7 +145,21 @@ func (d *Datapath) Sockets() (int, error) {
 type Learnt struct {
 	Hazardous map[uint64]ReaderHazards // by cgroup id
 	Trusted   []uint64
+	// ShortLived: where a container's connections to a port are not
+	// paired (but for one in 16), their last ones having redirected
+	// nothing.
+	ShortLived []ShortLived
 }
+
+// ShortLived is a client container (cgroup id) and a server port.
+type ShortLived struct {
+	Cgroup uint64
+	Port   uint16
+}
+
+// shortStreak is SH_SHORT_STREAK (bpf/lib/maps.h): wasted connections in a
+// row after which the container's connections to that port are not paired.
+const shortStreak = 16
 
 // ReaderHazards is what a cgroup was seen doing on a paired socket.
 type ReaderHazards uint64
@@ -192,6 +211,22 @@ func (d *Datapath) Learnt() (Learnt, error) {
 	}
 	if err := iter.Err(); err != nil {
 		return l, fmt.Errorf("list trusted cgroups: %w", err)
+	}
+	if d.objs.SockhopShort == nil {
+		return l, nil // installed by a sockhop from before it
+	}
+	var (
+		key   sockhopShShortKey
+		short sockhopShShort
+	)
+	iter = d.objs.SockhopShort.Iterate()
+	for iter.Next(&key, &short) {
+		if short.Wasted >= shortStreak {
+			l.ShortLived = append(l.ShortLived, ShortLived{Cgroup: key.Cgroup, Port: uint16(key.Port)})
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return l, fmt.Errorf("list short-lived connections: %w", err)
 	}
 	return l, nil
 }

@@ -45,12 +45,12 @@ func Open(pinDir string) (*Datapath, error) {
 		}
 		*m.dst = mp
 	}
-	// Maps of the abort (bpf/lib/abort.h) and the per-pod counters
-	// (bpf/lib/podst.h): absent where a sockhop from before them is
+	// Maps of the abort (bpf/lib/abort.h), the per-pod counters
+	// (bpf/lib/podst.h) and the short-lived streaks: absent where a sockhop from before them is
 	// installed.
 	for name, dst := range map[string]**ebpf.Map{
 		"sockhop_strand": &d.objs.SockhopStrand, "sockhop_aborts": &d.objs.SockhopAborts,
-		"sockhop_podst": &d.objs.SockhopPodst,
+		"sockhop_podst": &d.objs.SockhopPodst, "sockhop_short": &d.objs.SockhopShort,
 	} {
 		if mp, err := ebpf.LoadPinnedMap(filepath.Join(maps, name), nil); err == nil {
 			*dst = mp

@@ -36,7 +36,7 @@ type PodStats struct {
 	// Unpaired counts this pod's sockets that were not paired, by reason
 	// (ReasonNoPeer: no peer end joined; ReasonRemote, ReasonExcluded,
 	// ReasonHazard, ReasonPolicy, ReasonDataFlowed, ReasonMapFull,
-	// ReasonZeroCopy).
+	// ReasonZeroCopy, ReasonShortLived).
 	Unpaired map[string]uint64 `json:"unpaired"`
 }
 
@@ -68,6 +68,7 @@ func podStatsOf(v *sockhopShPodst) PodStats {
 			ReasonDataFlowed: n(sockhopShPodstStatSH_PODST_SKIP_DATA),
 			ReasonMapFull:    n(sockhopShPodstStatSH_PODST_SKIP_MAP_FULL),
 			ReasonZeroCopy:   n(sockhopShPodstStatSH_PODST_SKIP_ZEROCOPY),
+			ReasonShortLived: n(sockhopShPodstStatSH_PODST_SKIP_SHORT),
 		},
 	}
 }
@@ -142,6 +143,7 @@ var (
 		ReasonDataFlowed: "data before the handshake ended",
 		ReasonMapFull:    "maps full",
 		ReasonZeroCopy:   "SO_ZEROCOPY sender",
+		ReasonShortLived: "short-lived connections to that port",
 	}
 )
 

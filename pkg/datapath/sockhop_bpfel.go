@@ -62,7 +62,7 @@ type sockhopShPod struct {
 
 type sockhopShPodst struct {
 	_ structs.HostLayout
-	N [16]uint64
+	N [17]uint64
 }
 
 type sockhopShPodstStat uint32
@@ -84,13 +84,27 @@ const (
 	sockhopShPodstStatSH_PODST_SKIP_DATA       sockhopShPodstStat = 13
 	sockhopShPodstStatSH_PODST_SKIP_MAP_FULL   sockhopShPodstStat = 14
 	sockhopShPodstStatSH_PODST_SKIP_ZEROCOPY   sockhopShPodstStat = 15
-	sockhopShPodstStatSH_PODST_MAX             sockhopShPodstStat = 16
+	sockhopShPodstStatSH_PODST_SKIP_SHORT      sockhopShPodstStat = 16
+	sockhopShPodstStatSH_PODST_MAX             sockhopShPodstStat = 17
 )
 
 type sockhopShRx struct {
 	_     structs.HostLayout
 	Flags uint64
 	Reads uint64
+}
+
+type sockhopShShort struct {
+	_      structs.HostLayout
+	Wasted uint64
+	Seen   uint64
+}
+
+type sockhopShShortKey struct {
+	_      structs.HostLayout
+	Cgroup uint64
+	Port   uint32
+	Pad    uint32
 }
 
 type sockhopShSock struct {
@@ -129,11 +143,12 @@ const (
 	sockhopShStatSH_STAT_SKIP_NO_CLIENT  sockhopShStat = 20
 	sockhopShStatSH_STAT_SKIP_AMBIGUOUS  sockhopShStat = 21
 	sockhopShStatSH_STAT_SKIP_ZEROCOPY   sockhopShStat = 22
-	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 23
-	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 24
-	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 25
-	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 26
-	sockhopShStatSH_STAT_MAX             sockhopShStat = 27
+	sockhopShStatSH_STAT_SKIP_SHORT      sockhopShStat = 23
+	sockhopShStatSH_STAT_ERR_SOCKHASH    sockhopShStat = 24
+	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 25
+	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 26
+	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 27
+	sockhopShStatSH_STAT_MAX             sockhopShStat = 28
 )
 
 type sockhopShStrand struct {
@@ -178,6 +193,7 @@ const (
 	sockhopMapSockhopPods      = "sockhop_pods"
 	sockhopMapSockhopPodst     = "sockhop_podst"
 	sockhopMapSockhopRx        = "sockhop_rx"
+	sockhopMapSockhopShort     = "sockhop_short"
 	sockhopMapSockhopSocks     = "sockhop_socks"
 	sockhopMapSockhopState     = "sockhop_state"
 	sockhopMapSockhopStats     = "sockhop_stats"
@@ -265,6 +281,7 @@ type sockhopMapSpecs struct {
 	SockhopPods    *ebpf.MapSpec `ebpf:"sockhop_pods"`
 	SockhopPodst   *ebpf.MapSpec `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.MapSpec `ebpf:"sockhop_rx"`
+	SockhopShort   *ebpf.MapSpec `ebpf:"sockhop_short"`
 	SockhopSocks   *ebpf.MapSpec `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.MapSpec `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.MapSpec `ebpf:"sockhop_stats"`
@@ -316,6 +333,7 @@ type sockhopMaps struct {
 	SockhopPods    *ebpf.Map `ebpf:"sockhop_pods"`
 	SockhopPodst   *ebpf.Map `ebpf:"sockhop_podst"`
 	SockhopRx      *ebpf.Map `ebpf:"sockhop_rx"`
+	SockhopShort   *ebpf.Map `ebpf:"sockhop_short"`
 	SockhopSocks   *ebpf.Map `ebpf:"sockhop_socks"`
 	SockhopState   *ebpf.Map `ebpf:"sockhop_state"`
 	SockhopStats   *ebpf.Map `ebpf:"sockhop_stats"`
@@ -332,6 +350,7 @@ func (m *sockhopMaps) Close() error {
 		m.SockhopPods,
 		m.SockhopPodst,
 		m.SockhopRx,
+		m.SockhopShort,
 		m.SockhopSocks,
 		m.SockhopState,
 		m.SockhopStats,
