@@ -561,6 +561,41 @@ int sockhop_sysenter(unsigned long long *ctx)
 	return 0;
 }
 
+#define SH_IORING_OP_SPLICE 30
+#define SH_SPLICE_F_FD_IN_FIXED (1U << 31)
+
+/*
+ * The same guard for a splice submitted through io_uring (IORING_OP_SPLICE),
+ * which no syscall tracepoint sees: this tracepoint fires once the request
+ * is prepared and before it is issued, in the submitter's context (its file
+ * table holds the source descriptor). A raw tracepoint, so that the object
+ * loads where io_uring is not built in (it then has nothing to attach to).
+ * A source given as a fixed file (SPLICE_F_FD_IN_FIXED) is not resolved.
+ */
+SEC("raw_tp/io_uring_submit_req")
+int sockhop_uring(unsigned long long *ctx)
+{
+	struct io_kiocb *req = (struct io_kiocb *)ctx[0];
+	struct io_splice *sp;
+	struct sh_rx *rx;
+	__u64 sk;
+
+	if (!bpf_core_type_exists(struct io_kiocb) || !bpf_core_type_exists(struct io_splice))
+		return 0;
+	if (BPF_CORE_READ(req, opcode) != SH_IORING_OP_SPLICE)
+		return 0;
+	sp = (struct io_splice *)((void *)req + bpf_core_field_offset(struct io_kiocb, cmd));
+	if (BPF_CORE_READ(sp, flags) & SH_SPLICE_F_FD_IN_FIXED)
+		return 0;
+	sk = sh_sock_of_fd(BPF_CORE_READ(sp, splice_fd_in));
+	if (!sk)
+		return 0;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
+	if (rx)
+		sh_unsafe(rx, sk, SH_HAZARD_SPLICE);
+	return 0;
+}
+
 #define SH_SOL_SOCKET 1
 #define SH_SO_ZEROCOPY 60
 #define SH_EOPNOTSUPP 95

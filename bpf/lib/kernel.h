@@ -119,6 +119,23 @@ struct sk_psock {
 	__u32 msg_tot_len;
 } __co_re;
 
+/* io_uring (include/linux/io_uring_types.h, io_uring/splice.c): a request
+ * and, in its command area, a splice's source. Absent from kernels built
+ * without io_uring: check bpf_core_type_exists first. */
+struct io_cmd_data {
+	__u64 data[8];
+} __co_re;
+
+struct io_kiocb {
+	struct io_cmd_data cmd;
+	__u8 opcode;
+} __co_re;
+
+struct io_splice {
+	int splice_fd_in;
+	unsigned int flags;
+} __co_re;
+
 /* include/net/sock.h: low bits of sk_user_data tag what it points to. */
 #define SK_USER_DATA_PSOCK 4UL
 #define SK_USER_DATA_PTRMASK (~7UL)

@@ -416,3 +416,72 @@ func TestHazardStrandRecovered(t *testing.T) {
 		sender.Stop() // it waits for the connection to end
 	})
 }
+
+// TestHazardStrandedAbortUring: the stranded receiver of
+// TestHazardStrandedAbort, whose splice goes through io_uring
+// (IORING_OP_SPLICE): no syscall tracepoint sees it, the io_uring
+// submission tracepoint does, before the request is issued. With the guard
+// dropped (SOCKHOP_HAZARD_DROP_GUARD=syscall-guard) nothing is recorded and
+// the splice waits until the receiver's timeout.
+func TestHazardStrandedAbortUring(t *testing.T) {
+	requireKernel(t)
+	receivers(t, func(t *testing.T, uid int) {
+		if err := datapath.ProbeAbort(); err != nil {
+			needs.Missing(t, "this kernel cannot abort: "+err.Error())
+		}
+		s := newSidecarPod(t, hazardOptions(t), true, false)
+		s.trustApp()
+		before := s.counters()
+		const seed = 78
+		sink := s.server(s.app, uid, testbed.PeerSpec{Mode: testbed.ModeStrandSink, Listen: []string{"127.0.0.1:7300"},
+			Size: 1 << 20, Bytes: 2 << 20, Seed: seed, Uring: true})
+		sender := s.startClient(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeStrandSend, Target: "127.0.0.1:7300", Bytes: 2 << 20, MaxWrite: 64 << 10, Seed: seed})
+
+		var strands []datapath.Strand
+		var err error
+		end := time.Now().Add(testbed.HazardDeadline())
+		for len(strands) == 0 {
+			if time.Now().After(end) {
+				t.Fatalf("the guard recorded no receiver stranded by an io_uring splice; sink: %s", sink.Stderr())
+			}
+			if strands, err = s.dp.Stranded(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		path, err := datapath.FindNetns(strands[0].Netns, []string{"/run/netns"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		aborted, err := s.dp.AbortStranded(path)
+		if err != nil {
+			t.Fatalf("%+v", err)
+		}
+		var sinkRep testbed.StrandSinkReport
+		for ok := false; !ok; {
+			if sinkRep, ok = testbed.StrandSink(sink); !ok {
+				if time.Now().After(end) {
+					t.Fatalf("the stranded receiver's io_uring splice never completed: %s", sink.Stderr())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		s.waitBounded(sender, "strand sender")
+		d := diff(before, s.counters())
+		t.Logf("receiver: %+v; aborted %+v; datapath: %v", sinkRep, aborted, d)
+		if sinkRep.Error != "" {
+			t.Fatalf("the stranded receiver could not run: %s", sinkRep.Error)
+		}
+		if sinkRep.Read != 1<<20 || sinkRep.Queued < 1<<20 {
+			t.Fatalf("not stranded as planned: read %d, %d queued", sinkRep.Read, sinkRep.Queued)
+		}
+		if d.stranded != 1 || len(aborted) != 1 || aborted[0].State != datapath.StrandAborted {
+			t.Fatalf("want one stranded receiver counted and aborted: %v, %+v", d, aborted)
+		}
+		if sinkRep.SpliceErrno != int(unix.ECONNABORTED) || sinkRep.Blocked > abortBound {
+			t.Fatalf("the io_uring splice completed with %d (%s) after %v, want ECONNABORTED within %v",
+				sinkRep.SpliceN, sinkRep.SpliceErr, sinkRep.Blocked, abortBound)
+		}
+		wantLearnt(t, s.env, s.app, datapath.SawSplice)
+	})
+}

@@ -85,7 +85,7 @@ func (d *Datapath) record() error {
 		"sockops": d.objs.SockhopSockops, "sk_msg": d.objs.SockhopMsg,
 		"recv": d.objs.SockhopRecv, "sys_enter": d.objs.SockhopSysenter,
 		"close": d.objs.SockhopClose, "ready": d.objs.SockhopReady,
-		"sockopt": d.objs.SockhopSockopt,
+		"sockopt": d.objs.SockhopSockopt, "uring": d.objs.SockhopUring,
 	} {
 		pin := filepath.Join(dir, name)
 		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -47,6 +47,7 @@ const (
 	sysenterLinkID = "tp-sys_enter"
 	closeLinkID    = "tp-inet_sock_set_state"
 	readyLinkID    = "tp-sk_data_ready"
+	uringLinkID    = "tp-io_uring_submit_req"
 	noUID          = 0xffffffff
 )
 
@@ -312,11 +313,12 @@ func (d *Datapath) relink() error {
 	})
 }
 
-// relinkTracing makes the pinned tracepoint link run prog. Tracing links
+// relinkTracing makes the pinned tracepoint link run prog (a tp_btf
+// program, or the raw tracepoint raw's when raw is set). Tracing links
 // cannot be updated in place: the new one is attached and pinned before the
 // old one goes, so that no read goes unobserved in between (both marking a
 // receiver is harmless).
-func (d *Datapath) relinkTracing(pin string, prog *ebpf.Program) error {
+func (d *Datapath) relinkTracing(pin string, prog *ebpf.Program, raw string) error {
 	old, err := link.LoadPinnedLink(pin, nil)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("open %s: %w", pin, err)
@@ -331,7 +333,12 @@ func (d *Datapath) relinkTracing(pin string, prog *ebpf.Program) error {
 			}
 		}
 	}
-	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	var l link.Link
+	if raw != "" {
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: raw, Program: prog})
+	} else {
+		l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+	}
 	if err != nil {
 		return featureErr("tp_btf tracepoint programs", err)
 	}

@@ -22,16 +22,24 @@ type nodeTracepoint struct {
 	pin  string
 	prog *ebpf.Program
 	what string
+	// raw: the raw tracepoint's name (a raw_tp program); "" for tp_btf.
+	raw string
 }
 
 func (d *Datapath) nodeTracepoints() []nodeTracepoint {
 	tps := []nodeTracepoint{
-		{recvLinkID, d.objs.SockhopRecv, "the receive tracepoint"},
-		{closeLinkID, d.objs.SockhopClose, "the socket state tracepoint"},
-		{readyLinkID, d.objs.SockhopReady, "the data ready tracepoint"},
+		{pin: recvLinkID, prog: d.objs.SockhopRecv, what: "the receive tracepoint"},
+		{pin: closeLinkID, prog: d.objs.SockhopClose, what: "the socket state tracepoint"},
+		{pin: readyLinkID, prog: d.objs.SockhopReady, what: "the data ready tracepoint"},
 	}
 	if !d.opts.NoSyscallGuard {
-		tps = append(tps, nodeTracepoint{sysenterLinkID, d.objs.SockhopSysenter, "the syscall tracepoint"})
+		tps = append(tps, nodeTracepoint{pin: sysenterLinkID, prog: d.objs.SockhopSysenter, what: "the syscall tracepoint"})
+		// A splice submitted through io_uring; a kernel built without
+		// io_uring has neither the tracepoint nor the hazard.
+		if haveKernelType("btf_trace_io_uring_submit_req")() == nil {
+			tps = append(tps, nodeTracepoint{pin: uringLinkID, prog: d.objs.SockhopUring,
+				what: "the io_uring submission tracepoint", raw: "io_uring_submit_req"})
+		}
 	}
 	return tps
 }
@@ -52,13 +60,15 @@ func (d *Datapath) ensureGuards() error {
 		if tp.prog == nil {
 			continue // a datapath pinned before this program existed
 		}
-		if err := d.relinkTracing(filepath.Join(dir, tp.pin), tp.prog); err != nil {
+		if err := d.relinkTracing(filepath.Join(dir, tp.pin), tp.prog, tp.raw); err != nil {
 			return fmt.Errorf("attach %s: %w", tp.what, err)
 		}
 	}
 	if d.opts.NoSyscallGuard {
-		if err := removeLinkPin(filepath.Join(dir, sysenterLinkID)); err != nil {
-			return err
+		for _, id := range []string{sysenterLinkID, uringLinkID} {
+			if err := removeLinkPin(filepath.Join(dir, id)); err != nil {
+				return err
+			}
 		}
 	}
 	d.guardsLinked = true
@@ -82,7 +92,7 @@ func (d *Datapath) guardPinsPresent() bool {
 func (d *Datapath) removeGuards() error {
 	d.guardsLinked = false
 	var errs []error
-	for _, id := range []string{recvLinkID, closeLinkID, readyLinkID, sysenterLinkID} {
+	for _, id := range []string{recvLinkID, closeLinkID, readyLinkID, sysenterLinkID, uringLinkID} {
 		errs = append(errs, removeLinkPin(filepath.Join(d.opts.PinDir, linksDir, id)))
 	}
 	return errors.Join(errs...)

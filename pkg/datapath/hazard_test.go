@@ -35,6 +35,7 @@ import (
 //	backpressure    Options.BacklogLimit = -1 (unbounded)
 //	both            both of them
 //	abort           do not abort stranded receivers (TestHazardStrandedAbort)
+//	syscall-guard   Options.NoSyscallGuard (no sys_enter, no io_uring tracepoint)
 
 const (
 	appUID      = 1000
@@ -57,10 +58,12 @@ func hazardOptions(t testing.TB) datapath.Options {
 	case "both":
 		opts.BacklogLimit = -1
 		opts.Unguarded = true
+	case "syscall-guard":
+		opts.NoSyscallGuard = true
 	case "abort":
 		return opts // TestHazardStrandedAbort's
 	default:
-		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-guard, backpressure, both or abort", g)
+		t.Fatalf("SOCKHOP_HAZARD_DROP_GUARD=%q: want receiver-guard, backpressure, both, syscall-guard or abort", g)
 	}
 	t.Logf("GUARD DROPPED (%s) — this test is expected to fail", os.Getenv("SOCKHOP_HAZARD_DROP_GUARD"))
 	return opts

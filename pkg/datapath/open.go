@@ -83,6 +83,7 @@ func Open(pinDir string) (*Datapath, error) {
 	// Programs absent where a sockhop from before them is installed.
 	for name, dst := range map[string]**ebpf.Program{
 		"close": &d.objs.SockhopClose, "ready": &d.objs.SockhopReady, "sockopt": &d.objs.SockhopSockopt,
+		"uring": &d.objs.SockhopUring,
 	} {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
 		switch {

@@ -206,6 +206,7 @@ const (
 	sockhopProgSockhopSockops  = "sockhop_sockops"
 	sockhopProgSockhopSockopt  = "sockhop_sockopt"
 	sockhopProgSockhopSysenter = "sockhop_sysenter"
+	sockhopProgSockhopUring    = "sockhop_uring"
 	sockhopVarShAppReceivers   = "sh_app_receivers"
 	sockhopVarShBacklogLimit   = "sh_backlog_limit"
 	sockhopVarShGuard          = "sh_guard"
@@ -268,6 +269,7 @@ type sockhopProgramSpecs struct {
 	SockhopSockops  *ebpf.ProgramSpec `ebpf:"sockhop_sockops"`
 	SockhopSockopt  *ebpf.ProgramSpec `ebpf:"sockhop_sockopt"`
 	SockhopSysenter *ebpf.ProgramSpec `ebpf:"sockhop_sysenter"`
+	SockhopUring    *ebpf.ProgramSpec `ebpf:"sockhop_uring"`
 }
 
 // sockhopMapSpecs contains maps before they are loaded into the kernel.
@@ -387,6 +389,7 @@ type sockhopPrograms struct {
 	SockhopSockops  *ebpf.Program `ebpf:"sockhop_sockops"`
 	SockhopSockopt  *ebpf.Program `ebpf:"sockhop_sockopt"`
 	SockhopSysenter *ebpf.Program `ebpf:"sockhop_sysenter"`
+	SockhopUring    *ebpf.Program `ebpf:"sockhop_uring"`
 }
 
 func (p *sockhopPrograms) Close() error {
@@ -398,6 +401,7 @@ func (p *sockhopPrograms) Close() error {
 		p.SockhopSockops,
 		p.SockhopSockopt,
 		p.SockhopSysenter,
+		p.SockhopUring,
 	)
 }
 

@@ -65,6 +65,9 @@ type PeerSpec struct {
 	// SO_ZEROCOPY: a server's listener (its accepted sockets inherit
 	// it), a client's sockets before they connect.
 	ZeroCopy bool `json:"zero_copy,omitempty"`
+	// Uring: the strand sink's splice goes through io_uring
+	// (IORING_OP_SPLICE) instead of the splice syscall.
+	Uring bool `json:"uring,omitempty"`
 	// Client, stream: pause this long between connecting and writing.
 	ConnectPause time.Duration `json:"connect_pause,omitempty"`
 }

@@ -170,7 +170,13 @@ func strandSink(spec PeerSpec, c *net.TCPConn) {
 	for {
 		// Blocking (SO_RCVTIMEO: sinkIdle): a stall ends as EAGAIN.
 		var n int64
-		n, err = unix.Splice(fd, nil, p[1], nil, 64<<10, unix.SPLICE_F_MOVE)
+		if spec.Uring {
+			var m int
+			m, err = uringSplice(fd, p[1], 64<<10)
+			n = int64(m)
+		} else {
+			n, err = unix.Splice(fd, nil, p[1], nil, 64<<10, unix.SPLICE_F_MOVE)
+		}
 		rep.SpliceN = int(n)
 		if !errors.Is(err, unix.EINTR) {
 			break
