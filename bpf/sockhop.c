@@ -494,6 +494,20 @@ static __always_inline __u64 sh_sock_of_fd(long fd)
 	return (__u64)sk;
 }
 
+/* A syscall is about to read the socket behind fd in a way redirected data
+ * would break: the guard (sh_unsafe) for a paired socket. */
+static __always_inline void sh_guard_fd(long fd, __u64 hazard)
+{
+	struct sh_rx *rx;
+	__u64 sk = sh_sock_of_fd(fd);
+
+	if (!sk)
+		return;
+	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
+	if (rx)
+		sh_unsafe(rx, sk, hazard);
+}
+
 /* x86-64 syscall numbers. */
 #define SH_NR_SENDFILE 40
 #define SH_NR_RECVFROM 45
@@ -516,8 +530,7 @@ int sockhop_sysenter(unsigned long long *ctx)
 {
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
 	long id = (long)ctx[1];
-	__u64 hazard, sk;
-	struct sh_rx *rx;
+	__u64 hazard;
 	long fd;
 
 	switch (id) {
@@ -552,12 +565,67 @@ int sockhop_sysenter(unsigned long long *ctx)
 	default:
 		return 0;
 	}
-	sk = sh_sock_of_fd(fd);
-	if (!sk)
-		return 0;
-	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
-	if (rx)
-		sh_unsafe(rx, sk, hazard);
+	sh_guard_fd(fd, hazard);
+	return 0;
+}
+
+/*
+ * The same guard as classic per-syscall tracepoints, one program per
+ * syscall: where the agent can read their ids (tracefs), a syscall that is
+ * not one of these costs only the kernel's syscall tracing entry, not a
+ * BPF run (docs/benchmarks.md, "Node-wide cost"). The arguments follow the
+ * events' format: after the common fields and __syscall_nr, six longs.
+ */
+struct sh_syscall_args {
+	__u64 common;
+	__s32 nr;
+	__s32 pad;
+	__u64 args[6];
+};
+
+SEC("tracepoint/syscalls/sys_enter_splice")
+int sockhop_tsplice(struct sh_syscall_args *ctx)
+{
+	sh_guard_fd((int)ctx->args[0], SH_HAZARD_SPLICE);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int sockhop_tsendf(struct sh_syscall_args *ctx)
+{
+	sh_guard_fd((int)ctx->args[1], SH_HAZARD_SPLICE);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int sockhop_trfrom(struct sh_syscall_args *ctx)
+{
+	if (ctx->args[3] & MSG_WAITALL)
+		sh_guard_fd((int)ctx->args[0], SH_HAZARD_WAITALL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int sockhop_trmsg(struct sh_syscall_args *ctx)
+{
+	if (ctx->args[2] & MSG_WAITALL)
+		sh_guard_fd((int)ctx->args[0], SH_HAZARD_WAITALL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmmsg")
+int sockhop_trmmsg(struct sh_syscall_args *ctx)
+{
+	if (ctx->args[3] & MSG_WAITALL)
+		sh_guard_fd((int)ctx->args[0], SH_HAZARD_WAITALL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_getsockopt")
+int sockhop_tgetopt(struct sh_syscall_args *ctx)
+{
+	if (ctx->args[1] == SH_IPPROTO_TCP && ctx->args[2] == SH_TCP_ZEROCOPY_RECEIVE)
+		sh_guard_fd((int)ctx->args[0], SH_HAZARD_ZEROCOPY);
 	return 0;
 }
 
@@ -577,8 +645,6 @@ int sockhop_uring(unsigned long long *ctx)
 {
 	struct io_kiocb *req = (struct io_kiocb *)ctx[0];
 	struct io_splice *sp;
-	struct sh_rx *rx;
-	__u64 sk;
 
 	if (!bpf_core_type_exists(struct io_kiocb) || !bpf_core_type_exists(struct io_splice))
 		return 0;
@@ -587,12 +653,7 @@ int sockhop_uring(unsigned long long *ctx)
 	sp = (struct io_splice *)((void *)req + bpf_core_field_offset(struct io_kiocb, cmd));
 	if (BPF_CORE_READ(sp, flags) & SH_SPLICE_F_FD_IN_FIXED)
 		return 0;
-	sk = sh_sock_of_fd(BPF_CORE_READ(sp, splice_fd_in));
-	if (!sk)
-		return 0;
-	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
-	if (rx)
-		sh_unsafe(rx, sk, SH_HAZARD_SPLICE);
+	sh_guard_fd(BPF_CORE_READ(sp, splice_fd_in), SH_HAZARD_SPLICE);
 	return 0;
 }
 

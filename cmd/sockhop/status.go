@@ -188,6 +188,9 @@ type datapathView struct {
 	// is attached or a paired socket is open; nothing else on the node
 	// pays for them otherwise).
 	NodeTracepoints bool `json:"node_tracepoints_attached"`
+	// SyscallGuard: how the syscall guard is attached ("per-syscall
+	// tracepoints" or "sys_enter"); empty while it is not.
+	SyscallGuard string `json:"syscall_guard,omitempty"`
 }
 
 type countersView struct {
@@ -213,7 +216,8 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 		return rep, err
 	}
 	rep.Datapath = datapathView{SockopsTag: b.SockopsTag, MsgTag: b.MsgTag, ProxyUIDs: b.Options.ProxyUIDs,
-		AppReceivers: b.Options.AppReceivers, BacklogLimit: b.Options.BacklogLimit, NodeTracepoints: b.NodeTracepoints}
+		AppReceivers: b.Options.AppReceivers, BacklogLimit: b.Options.BacklogLimit, NodeTracepoints: b.NodeTracepoints,
+		SyscallGuard: b.SyscallGuard}
 	atts, err := src.Attachments()
 	if err != nil {
 		return rep, fmt.Errorf("list attachments: %w", err)
@@ -276,6 +280,9 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	}
 	if dp.NodeTracepoints {
 		fmt.Fprintf(tw, "  node-wide tracepoints\tattached (pods attached or paired sockets open)\n")
+		if dp.SyscallGuard != "" {
+			fmt.Fprintf(tw, "  syscall guard\t%s\n", dp.SyscallGuard)
+		}
 	} else {
 		fmt.Fprintf(tw, "  node-wide tracepoints\tnot attached (nothing to guard: the node pays nothing)\n")
 	}

@@ -86,6 +86,8 @@ func (d *Datapath) record() error {
 		"recv": d.objs.SockhopRecv, "sys_enter": d.objs.SockhopSysenter,
 		"close": d.objs.SockhopClose, "ready": d.objs.SockhopReady,
 		"sockopt": d.objs.SockhopSockopt, "uring": d.objs.SockhopUring,
+		"tsplice": d.objs.SockhopTsplice, "tsendf": d.objs.SockhopTsendf, "trfrom": d.objs.SockhopTrfrom,
+		"trmsg": d.objs.SockhopTrmsg, "trmmsg": d.objs.SockhopTrmmsg, "tgetopt": d.objs.SockhopTgetopt,
 	} {
 		pin := filepath.Join(dir, name)
 		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -112,11 +114,14 @@ type Build struct {
 	// NodeTracepoints: the node-wide tracepoints are attached (only while
 	// a pod is attached or a paired socket is open).
 	NodeTracepoints bool
+	// SyscallGuard: how the syscall guard is attached ("per-syscall
+	// tracepoints", "sys_enter"), "" while it is not.
+	SyscallGuard string
 }
 
 // Build reports the programs and options in use.
 func (d *Datapath) Build() (Build, error) {
-	b := Build{Options: d.opts, NodeTracepoints: d.GuardsAttached()}
+	b := Build{Options: d.opts, NodeTracepoints: d.GuardsAttached(), SyscallGuard: d.SyscallGuard()}
 	for _, p := range []struct {
 		prog *ebpf.Program
 		tag  *string

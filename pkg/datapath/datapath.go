@@ -84,6 +84,11 @@ type Options struct {
 	// that starts splicing after a switch is stranded.
 	NoSyscallGuard bool
 
+	// SyscallGuardBTF attaches the syscall guard as one tp_btf program on
+	// sys_enter even where the per-syscall tracepoints can be used: every
+	// syscall on the node then runs it (their cost: docs/benchmarks.md).
+	SyscallGuardBTF bool
+
 	// Unguarded redirects every direction from its first byte, whatever
 	// its receiver does: the mechanism alone, for benchmarks and for the
 	// hazard tests that show what the guard prevents. Unsafe for
@@ -130,6 +135,10 @@ type Datapath struct {
 	// datapath linked them to its programs (ensureGuards).
 	guardMu      sync.Mutex
 	guardsLinked bool
+	// The ids of the syscall guard's tracepoints (syscalls.go), read once.
+	sysOnce sync.Once
+	sysIDs  map[string]uint64
+	sysErr  error
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the
@@ -313,12 +322,13 @@ func (d *Datapath) relink() error {
 	})
 }
 
-// relinkTracing makes the pinned tracepoint link run prog (a tp_btf
-// program, or the raw tracepoint raw's when raw is set). Tracing links
+// relinkTracing makes the pinned tracepoint link run tp's program (tp_btf,
+// raw_tp or a classic tracepoint's). Tracing links
 // cannot be updated in place: the new one is attached and pinned before the
 // old one goes, so that no read goes unobserved in between (both marking a
 // receiver is harmless).
-func (d *Datapath) relinkTracing(pin string, prog *ebpf.Program, raw string) error {
+func (d *Datapath) relinkTracing(pin string, tp nodeTracepoint) error {
+	prog := tp.prog
 	old, err := link.LoadPinnedLink(pin, nil)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("open %s: %w", pin, err)
@@ -334,13 +344,16 @@ func (d *Datapath) relinkTracing(pin string, prog *ebpf.Program, raw string) err
 		}
 	}
 	var l link.Link
-	if raw != "" {
-		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: raw, Program: prog})
-	} else {
+	switch {
+	case tp.raw != "":
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.raw, Program: prog})
+	case tp.event != 0:
+		l, err = attachEvent(tp.event, prog)
+	default:
 		l, err = link.AttachTracing(link.TracingOptions{Program: prog})
 	}
 	if err != nil {
-		return featureErr("tp_btf tracepoint programs", err)
+		return featureErr("tracepoint programs", err)
 	}
 	defer l.Close()
 	tmp := pin + "-new" // bpffs refuses dots in names
@@ -414,7 +427,7 @@ func retireMaps(pinDir string, spec *ebpf.CollectionSpec) ([]carriedMap, error) 
 	if err := os.Rename(filepath.Join(pinDir, mapsDir), filepath.Join(gen, mapsDir)); err != nil {
 		return nil, fmt.Errorf("set aside the old maps: %w", err)
 	}
-	for _, id := range []string{recvLinkID, sysenterLinkID, closeLinkID, readyLinkID} {
+	for _, id := range guardLinkIDs() {
 		err := os.Rename(filepath.Join(pinDir, linksDir, id), filepath.Join(gen, linksDir, id))
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("set aside the old tracepoint link %s: %w", id, err)

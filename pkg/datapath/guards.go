@@ -22,8 +22,10 @@ type nodeTracepoint struct {
 	pin  string
 	prog *ebpf.Program
 	what string
-	// raw: the raw tracepoint's name (a raw_tp program); "" for tp_btf.
-	raw string
+	// raw: the raw tracepoint's name (a raw_tp program); event: the id
+	// of a classic tracepoint (a tracepoint program); neither for tp_btf.
+	raw   string
+	event uint64
 }
 
 func (d *Datapath) nodeTracepoints() []nodeTracepoint {
@@ -33,7 +35,14 @@ func (d *Datapath) nodeTracepoints() []nodeTracepoint {
 		{pin: readyLinkID, prog: d.objs.SockhopReady, what: "the data ready tracepoint"},
 	}
 	if !d.opts.NoSyscallGuard {
-		tps = append(tps, nodeTracepoint{pin: sysenterLinkID, prog: d.objs.SockhopSysenter, what: "the syscall tracepoint"})
+		if ids, err := d.syscallIDs(); err == nil && !d.opts.SyscallGuardBTF {
+			for _, ev := range d.syscallEvents() {
+				tps = append(tps, nodeTracepoint{pin: syscallLinkPrefix + ev.name, prog: ev.prog,
+					what: "the tracepoint syscalls/" + ev.name, event: ids[ev.name]})
+			}
+		} else {
+			tps = append(tps, nodeTracepoint{pin: sysenterLinkID, prog: d.objs.SockhopSysenter, what: "the syscall tracepoint"})
+		}
 		// A splice submitted through io_uring; a kernel built without
 		// io_uring has neither the tracepoint nor the hazard.
 		if haveKernelType("btf_trace_io_uring_submit_req")() == nil {
@@ -60,12 +69,18 @@ func (d *Datapath) ensureGuards() error {
 		if tp.prog == nil {
 			continue // a datapath pinned before this program existed
 		}
-		if err := d.relinkTracing(filepath.Join(dir, tp.pin), tp.prog, tp.raw); err != nil {
+		if err := d.relinkTracing(filepath.Join(dir, tp.pin), tp); err != nil {
 			return fmt.Errorf("attach %s: %w", tp.what, err)
 		}
 	}
-	if d.opts.NoSyscallGuard {
-		for _, id := range []string{sysenterLinkID, uringLinkID} {
+	// What another configuration attached (the syscall guard in its other
+	// form, or at all) goes once this one's are in.
+	inUse := map[string]bool{}
+	for _, tp := range d.nodeTracepoints() {
+		inUse[tp.pin] = true
+	}
+	for _, id := range guardLinkIDs() {
+		if !inUse[id] {
 			if err := removeLinkPin(filepath.Join(dir, id)); err != nil {
 				return err
 			}
@@ -92,10 +107,33 @@ func (d *Datapath) guardPinsPresent() bool {
 func (d *Datapath) removeGuards() error {
 	d.guardsLinked = false
 	var errs []error
-	for _, id := range []string{recvLinkID, closeLinkID, readyLinkID, sysenterLinkID, uringLinkID} {
+	for _, id := range guardLinkIDs() {
 		errs = append(errs, removeLinkPin(filepath.Join(d.opts.PinDir, linksDir, id)))
 	}
 	return errors.Join(errs...)
+}
+
+// guardLinkIDs are the pins of every node-wide tracepoint link, in any
+// configuration.
+func guardLinkIDs() []string {
+	ids := []string{recvLinkID, closeLinkID, readyLinkID, sysenterLinkID, uringLinkID}
+	for _, name := range syscallEventNames {
+		ids = append(ids, syscallLinkPrefix+name)
+	}
+	return ids
+}
+
+// SyscallGuard says how the syscall guard is attached: "per-syscall
+// tracepoints", "sys_enter", or "" when it is not.
+func (d *Datapath) SyscallGuard() string {
+	dir := filepath.Join(d.opts.PinDir, linksDir)
+	if _, err := os.Stat(filepath.Join(dir, syscallLinkPrefix+syscallEventNames[0])); err == nil {
+		return "per-syscall tracepoints"
+	}
+	if _, err := os.Stat(filepath.Join(dir, sysenterLinkID)); err == nil {
+		return "sys_enter"
+	}
+	return ""
 }
 
 func removeLinkPin(pin string) error {

@@ -2,6 +2,7 @@ package datapath_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -90,31 +91,35 @@ func pairedSockets(t *testing.T, e *env) int {
 	return 0
 }
 
+// guardProgs are the pinned programs of the node-wide tracepoints, with
+// the syscall guard as the per-syscall tracepoints or as sys_enter.
+func guardProgs(sysEnter bool) []string {
+	names := []string{"recv", "close", "ready", "uring"}
+	if sysEnter {
+		return append(names, "sys_enter")
+	}
+	return append(names, "tsplice", "tsendf", "trfrom", "trmsg", "trmmsg", "tgetopt")
+}
+
 // wantGuards checks the pins and, in the kernel, the links that run the
-// datapath's node-wide tracepoint programs.
+// datapath's node-wide tracepoint programs: the syscall guard as the
+// per-syscall tracepoints (what this host can do).
 func wantGuards(t *testing.T, e *env, want bool, when string) {
 	t.Helper()
+	wantGuardProgs(t, e, want, false, when)
+}
+
+func wantGuardProgs(t *testing.T, e *env, want, sysEnter bool, when string) {
+	t.Helper()
 	progs := map[ebpf.ProgramID]string{}
-	for _, name := range []string{"recv", "sys_enter", "close", "ready"} {
-		p, err := ebpf.LoadPinnedProgram(filepath.Join(e.pinDir, "progs", name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("%s: program %s is not pinned", when, name)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := p.Info()
-		p.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, ok := info.ID()
-		if !ok {
-			t.Fatalf("%s: no id for program %s", when, name)
-		}
-		progs[id] = name
+	for _, name := range append(guardProgs(false), "sys_enter") {
+		progs[pinnedProgID(t, e, name, when)] = name
 	}
-	var running []string
+	expected := map[string]bool{}
+	for _, name := range guardProgs(sysEnter) {
+		expected[name] = true
+	}
+	var running, unexpected []string
 	it := new(link.Iterator)
 	defer it.Close()
 	for it.Next() {
@@ -123,16 +128,80 @@ func wantGuards(t *testing.T, e *env, want bool, when string) {
 			continue // gone meanwhile
 		}
 		if name, ok := progs[info.Program]; ok {
-			running = append(running, name)
+			if want && expected[name] {
+				running = append(running, name)
+			} else {
+				unexpected = append(unexpected, name)
+			}
 		}
 	}
 	if err := it.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if want && len(running) != len(progs) || !want && len(running) != 0 {
-		t.Fatalf("%s: the kernel runs %v of the 4 node-wide tracepoint programs, want %s", when, running, map[bool]string{true: "all", false: "none"}[want])
+	if want && len(running) != len(expected) || len(unexpected) != 0 {
+		t.Fatalf("%s: the kernel runs %v (and %v) of the node-wide tracepoint programs, want %v", when, running, unexpected,
+			map[bool]any{true: guardProgs(sysEnter), false: "none"}[want])
 	}
 	if got := e.dp.GuardsAttached(); got != want {
 		t.Fatalf("%s: GuardsAttached() = %v, want %v", when, got, want)
+	}
+	wantMode := map[bool]string{true: "per-syscall tracepoints", false: ""}[want]
+	if sysEnter && want {
+		wantMode = "sys_enter"
+	}
+	if got := e.dp.SyscallGuard(); got != wantMode {
+		t.Fatalf("%s: SyscallGuard() = %q, want %q", when, got, wantMode)
+	}
+}
+
+func pinnedProgID(t *testing.T, e *env, name, when string) ebpf.ProgramID {
+	t.Helper()
+	p, err := ebpf.LoadPinnedProgram(filepath.Join(e.pinDir, "progs", name), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s: program %s is not pinned", when, name)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Fatalf("%s: no id for program %s", when, name)
+	}
+	return id
+}
+
+// The syscall guard's two forms: the per-syscall tracepoints by default,
+// sys_enter with SyscallGuardBTF; a datapath loaded with the other form
+// replaces the links of the first, and either guards a splicer.
+func TestSyscallGuardForms(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	wantGuardProgs(t, e, true, false, "loaded with the defaults")
+	btf := e.opts
+	btf.SyscallGuardBTF = true
+	for i, step := range []struct {
+		opts     datapath.Options
+		sysEnter bool
+		when     string
+	}{{btf, true, "loaded again with SyscallGuardBTF"}, {e.opts, false, "loaded again with the defaults"}} {
+		e.reload(t, step.opts)
+		wantGuardProgs(t, e, true, step.sysEnter, step.when)
+		// The guard in this form sees a splicing reader (a container of
+		// its own each time: the first is learnt and not paired again).
+		addr := fmt.Sprintf("127.0.0.1:%d", 8080+i)
+		e.server(e.container(p, fmt.Sprint("reader", i)), 0, testbed.PeerSpec{Mode: testbed.ModeSpliceSink, Listen: []string{addr}})
+		before := e.counters()
+		res := e.client(p, 0, testbed.PeerSpec{Mode: testbed.ModeSendReport, Target: addr, Bytes: 1 << 20, MaxWrite: 64 << 10})
+		if err := res.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if d := diff(before, e.counters()); d.unsafeRx == 0 {
+			t.Fatalf("%s: the splicing reader was not seen: %v", step.when, d)
+		}
 	}
 }

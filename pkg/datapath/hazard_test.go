@@ -542,8 +542,9 @@ func BenchmarkGuardCost(b *testing.B) {
 
 // BenchmarkNodeSyscallCost measures what the receive-side tracepoints cost
 // every process on the node, attached pod or not: a getppid(2) loop with no
-// sockhop loaded, with the default datapath and a pod attached (sys_enter
-// and sock_recv_length tracepoints), with NoSyscallGuard, and with no pod
+// sockhop loaded, with the default datapath and a pod attached (the
+// per-syscall tracepoints and sock_recv_length), with the syscall guard as
+// sys_enter (SyscallGuardBTF), with NoSyscallGuard, and with no pod
 // attached. Run: go test -run '^$' -bench
 // NodeSyscallCost ./pkg/datapath
 func BenchmarkNodeSyscallCost(b *testing.B) {
@@ -560,7 +561,11 @@ func BenchmarkNodeSyscallCost(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		opts datapath.Options
-	}{{"default", datapath.Options{AppReceivers: true}}, {"no-syscall-guard", datapath.Options{AppReceivers: true, NoSyscallGuard: true}}} {
+	}{
+		{"default", datapath.Options{AppReceivers: true}},
+		{"syscall-guard-sys_enter", datapath.Options{AppReceivers: true, SyscallGuardBTF: true}},
+		{"no-syscall-guard", datapath.Options{AppReceivers: true, NoSyscallGuard: true}},
+	} {
 		b.Run(c.name, func(b *testing.B) {
 			withIdlePod(b, c.opts)
 			loop(b)
@@ -645,7 +650,12 @@ func BenchmarkNodeSocketCost(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		opts *datapath.Options
-	}{{"no-sockhop", nil}, {"default", &datapath.Options{AppReceivers: true}}, {"no-syscall-guard", &datapath.Options{AppReceivers: true, NoSyscallGuard: true}}} {
+	}{
+		{"no-sockhop", nil},
+		{"default", &datapath.Options{AppReceivers: true}},
+		{"syscall-guard-sys_enter", &datapath.Options{AppReceivers: true, SyscallGuardBTF: true}},
+		{"no-syscall-guard", &datapath.Options{AppReceivers: true, NoSyscallGuard: true}},
+	} {
 		b.Run(c.name, func(b *testing.B) {
 			if c.opts != nil {
 				withIdlePod(b, *c.opts)

@@ -39,8 +39,13 @@ func TestExactPeerSamePortsInTwoPods(t *testing.T) {
 		mustOK(t, res, 1000, 16<<10)
 	}
 	d := diff(before, e.counters())
-	if d.paired != 4000 || d.pass[datapath.ReasonAmbiguous] != 0 {
-		t.Fatalf("want all 2000 connections paired, none ambiguous: %v", d)
+	// A burst of connections at the start may close before any switched
+	// (their receivers not yet seen reading): 16 in a row make the next
+	// ones short-lived until one in 16 redirects (TestShortLivedNotPaired).
+	// Those are not paired at either end; every other one is, exactly.
+	short := d.pass[datapath.ReasonShortLived]
+	if d.paired+2*short != 4000 || d.pass[datapath.ReasonNoClient] != short || d.paired < 3800 || d.pass[datapath.ReasonAmbiguous] != 0 {
+		t.Fatalf("want all 2000 connections paired (but for a few short-lived), none ambiguous: %v", d)
 	}
 }
 

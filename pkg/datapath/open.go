@@ -83,7 +83,9 @@ func Open(pinDir string) (*Datapath, error) {
 	// Programs absent where a sockhop from before them is installed.
 	for name, dst := range map[string]**ebpf.Program{
 		"close": &d.objs.SockhopClose, "ready": &d.objs.SockhopReady, "sockopt": &d.objs.SockhopSockopt,
-		"uring": &d.objs.SockhopUring,
+		"uring":   &d.objs.SockhopUring,
+		"tsplice": &d.objs.SockhopTsplice, "tsendf": &d.objs.SockhopTsendf, "trfrom": &d.objs.SockhopTrfrom,
+		"trmsg": &d.objs.SockhopTrmsg, "trmmsg": &d.objs.SockhopTrmmsg, "tgetopt": &d.objs.SockhopTgetopt,
 	} {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, name), nil)
 		switch {

@@ -206,6 +206,12 @@ const (
 	sockhopProgSockhopSockops  = "sockhop_sockops"
 	sockhopProgSockhopSockopt  = "sockhop_sockopt"
 	sockhopProgSockhopSysenter = "sockhop_sysenter"
+	sockhopProgSockhopTgetopt  = "sockhop_tgetopt"
+	sockhopProgSockhopTrfrom   = "sockhop_trfrom"
+	sockhopProgSockhopTrmmsg   = "sockhop_trmmsg"
+	sockhopProgSockhopTrmsg    = "sockhop_trmsg"
+	sockhopProgSockhopTsendf   = "sockhop_tsendf"
+	sockhopProgSockhopTsplice  = "sockhop_tsplice"
 	sockhopProgSockhopUring    = "sockhop_uring"
 	sockhopVarShAppReceivers   = "sh_app_receivers"
 	sockhopVarShBacklogLimit   = "sh_backlog_limit"
@@ -269,6 +275,12 @@ type sockhopProgramSpecs struct {
 	SockhopSockops  *ebpf.ProgramSpec `ebpf:"sockhop_sockops"`
 	SockhopSockopt  *ebpf.ProgramSpec `ebpf:"sockhop_sockopt"`
 	SockhopSysenter *ebpf.ProgramSpec `ebpf:"sockhop_sysenter"`
+	SockhopTgetopt  *ebpf.ProgramSpec `ebpf:"sockhop_tgetopt"`
+	SockhopTrfrom   *ebpf.ProgramSpec `ebpf:"sockhop_trfrom"`
+	SockhopTrmmsg   *ebpf.ProgramSpec `ebpf:"sockhop_trmmsg"`
+	SockhopTrmsg    *ebpf.ProgramSpec `ebpf:"sockhop_trmsg"`
+	SockhopTsendf   *ebpf.ProgramSpec `ebpf:"sockhop_tsendf"`
+	SockhopTsplice  *ebpf.ProgramSpec `ebpf:"sockhop_tsplice"`
 	SockhopUring    *ebpf.ProgramSpec `ebpf:"sockhop_uring"`
 }
 
@@ -389,6 +401,12 @@ type sockhopPrograms struct {
 	SockhopSockops  *ebpf.Program `ebpf:"sockhop_sockops"`
 	SockhopSockopt  *ebpf.Program `ebpf:"sockhop_sockopt"`
 	SockhopSysenter *ebpf.Program `ebpf:"sockhop_sysenter"`
+	SockhopTgetopt  *ebpf.Program `ebpf:"sockhop_tgetopt"`
+	SockhopTrfrom   *ebpf.Program `ebpf:"sockhop_trfrom"`
+	SockhopTrmmsg   *ebpf.Program `ebpf:"sockhop_trmmsg"`
+	SockhopTrmsg    *ebpf.Program `ebpf:"sockhop_trmsg"`
+	SockhopTsendf   *ebpf.Program `ebpf:"sockhop_tsendf"`
+	SockhopTsplice  *ebpf.Program `ebpf:"sockhop_tsplice"`
 	SockhopUring    *ebpf.Program `ebpf:"sockhop_uring"`
 }
 
@@ -401,6 +419,12 @@ func (p *sockhopPrograms) Close() error {
 		p.SockhopSockops,
 		p.SockhopSockopt,
 		p.SockhopSysenter,
+		p.SockhopTgetopt,
+		p.SockhopTrfrom,
+		p.SockhopTrmmsg,
+		p.SockhopTrmsg,
+		p.SockhopTsendf,
+		p.SockhopTsplice,
 		p.SockhopUring,
 	)
 }
