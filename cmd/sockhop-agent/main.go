@@ -76,7 +76,7 @@ func bindFlags(fs *flag.FlagSet) *config {
 		"redirect into application sockets too, behind the receiver guard: auto or true (the same), or false (proxy-owned sockets only)")
 	fs.StringVar(&c.proxyUIDs, "proxy-uids", "1337,2102,5678", "comma-separated uids of sidecar proxies (the receivers --app-receivers=false allows)")
 	fs.BoolVar(&c.syscallGuard, "syscall-guard", true,
-		"mark a receiver unsafe before it splices or reads with MSG_WAITALL (a sys_enter tracepoint: every syscall on the node takes the traced entry path, tens of ns each)")
+		"mark a receiver unsafe before it splices or reads with MSG_WAITALL (per-syscall tracepoints, or sys_enter: every syscall on the node takes the traced entry path, tens of ns each)")
 	fs.BoolVar(&c.abortStranded, "abort-stranded", true,
 		"abort the connection of a receiver that starts to splice with redirected bytes unread (it could never read them): both ends see an error instead of a stall; needs CAP_SYS_ADMIN (to enter the pod's network namespace) and the node's network namespaces in --netns-dirs")
 	fs.StringVar(&c.netnsDirs, "netns-dirs", "/var/run/netns,/run/netns",
