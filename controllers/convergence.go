@@ -80,6 +80,12 @@ type guardReleaser interface {
 	ReleaseIdleGuards() (attached bool, err error)
 }
 
+// syscallGuardReporter is what a datapath may say about its syscall guard.
+type syscallGuardReporter interface {
+	SyscallGuard() string
+	SyscallGuardFallback() error
+}
+
 // guardState remembers whether the node-wide tracepoints were attached at
 // the last convergence, to log when that changes.
 type guardState struct {
@@ -102,7 +108,14 @@ func (g *guardState) release(ctx context.Context, dp Datapath) error {
 		if attached {
 			why = "pods attached or paired sockets open"
 		}
-		log.FromContext(ctx).Info("node-wide tracepoints", "attached", attached, "why", why)
+		kv := []any{"attached", attached, "why", why}
+		if s, ok := dp.(syscallGuardReporter); ok && attached {
+			kv = append(kv, "syscallGuard", s.SyscallGuard())
+			if err := s.SyscallGuardFallback(); err != nil {
+				kv = append(kv, "syscallGuardFallback", err.Error())
+			}
+		}
+		log.FromContext(ctx).Info("node-wide tracepoints", kv...)
 	}
 	g.known, g.attached = true, attached
 	return nil

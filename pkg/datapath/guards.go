@@ -123,6 +123,16 @@ func guardLinkIDs() []string {
 	return ids
 }
 
+// SyscallGuardFallback says why the syscall guard is not attached as the
+// per-syscall tracepoints (their ids could not be read), or nil.
+func (d *Datapath) SyscallGuardFallback() error {
+	if d.opts.NoSyscallGuard || d.opts.SyscallGuardBTF {
+		return nil
+	}
+	_, err := d.syscallIDs()
+	return err
+}
+
 // SyscallGuard says how the syscall guard is attached: "per-syscall
 // tracepoints", "sys_enter", or "" when it is not.
 func (d *Datapath) SyscallGuard() string {
