@@ -70,6 +70,14 @@ func (d *Datapath) ensureGuards() error {
 			continue // a datapath pinned before this program existed
 		}
 		if err := d.relinkTracing(filepath.Join(dir, tp.pin), tp); err != nil {
+			if tp.event != 0 {
+				// A per-syscall tracepoint that cannot be attached (a
+				// seccomp profile refusing perf_event_open, say): the
+				// guard as sys_enter instead, and the per-syscall
+				// links attached so far go below.
+				d.sysIDs, d.sysErr = nil, fmt.Errorf("attach %s: %w", tp.what, err)
+				return d.ensureGuards()
+			}
 			return fmt.Errorf("attach %s: %w", tp.what, err)
 		}
 	}

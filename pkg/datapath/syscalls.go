@@ -83,12 +83,12 @@ func readEventIDs(group string, names []string) (map[string]uint64, error) {
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		ids, back, err := eventIDsPrivately(group, names)
-		// A thread that went back to the node's mount namespace may run
-		// other goroutines again. One that did not stays locked and ends
-		// with this goroutine (its children, if it started any with a
-		// parent-death signal, would get it).
-		if back {
+		ids, restored, err := eventIDsPrivately(group, names)
+		// A thread put back as it was (mount namespace, root, working
+		// directory) may run other goroutines again. One that was not
+		// stays locked and ends with this goroutine (the children it may
+		// have started with a parent-death signal then get it).
+		if restored {
 			runtime.UnlockOSThread()
 		}
 		done <- result{ids, err}
@@ -98,39 +98,44 @@ func readEventIDs(group string, names []string) (map[string]uint64, error) {
 }
 
 // eventIDsPrivately reads the ids from a tracefs it mounts in a mount
-// namespace of the calling (locked) thread, then returns the thread to its
-// mount namespace: back says it did.
-func eventIDsPrivately(group string, names []string) (ids map[string]uint64, back bool, err error) {
-	orig, err := os.Open("/proc/thread-self/ns/mnt")
-	if err != nil {
-		return nil, true, fmt.Errorf("private mount namespace for tracefs: %w", err)
-	}
-	defer orig.Close()
-	if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
-		return nil, true, fmt.Errorf("private mount namespace for tracefs: %w", err)
+// namespace of the calling (locked) thread, on the tracefs mount point
+// sysfs always has (the container's root may be read-only), then puts the
+// thread back in its mount namespace, at its root (a chroot's, if any) and
+// working directory: restored says it did.
+func eventIDsPrivately(group string, names []string) (ids map[string]uint64, restored bool, err error) {
+	var fds [3]int // the mount namespace, the root, the working directory
+	for i, path := range []string{"/proc/thread-self/ns/mnt", "/", "."} {
+		if fds[i], err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			for _, fd := range fds[:i] {
+				unix.Close(fd)
+			}
+			return nil, true, fmt.Errorf("private mount namespace for tracefs: open %s: %w", path, err)
+		}
 	}
 	defer func() {
-		back = unix.Setns(int(orig.Fd()), unix.CLONE_NEWNS) == nil
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
 	}()
-	ids, err = eventIDsMounted(group, names)
-	return ids, back, err
-}
-
-func eventIDsMounted(group string, names []string) (map[string]uint64, error) {
+	if err := unix.Unshare(unix.CLONE_NEWNS | unix.CLONE_FS); err != nil {
+		// CLONE_FS alone may have been applied: the same root and
+		// working directory, no longer shared. Not restored.
+		return nil, false, fmt.Errorf("private mount namespace for tracefs: %w", err)
+	}
+	defer func() {
+		restored = unix.Setns(fds[0], unix.CLONE_NEWNS) == nil &&
+			unix.Fchdir(fds[1]) == nil && unix.Chroot(".") == nil && unix.Fchdir(fds[2]) == nil
+	}()
 	// Nothing mounted here reaches the node's namespace.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return nil, fmt.Errorf("private mount namespace for tracefs: %w", err)
+		return nil, false, fmt.Errorf("private mount namespace for tracefs: %w", err)
 	}
-	dir, err := os.MkdirTemp("", "sockhop-tracefs-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(dir)
+	const dir = "/sys/kernel/tracing"
 	if err := unix.Mount("tracefs", dir, "tracefs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return nil, fmt.Errorf("mount tracefs: %w", err)
+		return nil, false, fmt.Errorf("mount tracefs on %s: %w", dir, err)
 	}
-	defer unix.Unmount(dir, unix.MNT_DETACH)
-	return eventIDsIn(dir, group, names)
+	ids, err = eventIDsIn(dir, group, names)
+	return ids, false, err
 }
 
 func eventIDsIn(tracefs, group string, names []string) (map[string]uint64, error) {
