@@ -52,20 +52,21 @@ func uringSplice(fdIn, fdOut int, n uint32) (int, error) {
 	*(*uint32)(unsafe.Pointer(&rings[p.SqOff.Array+(*tail&*u32(p.SqOff.RingMask))*4])) = 0
 	atomic.StoreUint32(tail, *tail+1)
 
+	head := u32(p.CqOff.Head)
+	// A signal may end the wait after the submission (the call then
+	// returns 1) or before it (EINTR, nothing submitted): wait until the
+	// completion is there.
 	submit := uintptr(1)
-	for {
-		_, _, errno = unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(ring), submit, 1, uringEnterGetEvents, 0, 0)
-		if errno == 0 {
-			break
-		}
-		if errno != unix.EINTR {
+	for atomic.LoadUint32(u32(p.CqOff.Tail)) == atomic.LoadUint32(head) {
+		r, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(ring), submit, 1, uringEnterGetEvents, 0, 0)
+		switch {
+		case errno == 0:
+			if r >= submit {
+				submit = 0
+			}
+		case errno != unix.EINTR:
 			return 0, fmt.Errorf("io_uring_enter: %w", errno)
 		}
-		submit = 0 // submitted already; wait for the completion
-	}
-	head := u32(p.CqOff.Head)
-	if atomic.LoadUint32(u32(p.CqOff.Tail)) == atomic.LoadUint32(head) {
-		return 0, errors.New("io_uring_enter returned without a completion")
 	}
 	cqe := (*uringCQE)(unsafe.Pointer(&rings[int(p.CqOff.Cqes)+int(*head&*u32(p.CqOff.RingMask))*uringCQESize]))
 	res := cqe.Res
