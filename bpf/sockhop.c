@@ -270,6 +270,8 @@ int sockhop_msg(struct sk_msg_md *msg)
 		state->tx = SH_TX_REDIRECT;
 		sh_count(SH_STAT_TX_SWITCH, 1);
 		sh_pod_count(state->pod, SH_PODST_SWITCHED);
+		if (state->peer.side == SH_SERVER) /* a client */
+			sh_short_worth((struct sock *)BPF_CORE_READ((struct sk_msg *)bpf_cast_to_kern_ctx(msg), sk));
 		break;
 	case SH_TX_REDIRECT:
 		break;
@@ -556,8 +558,8 @@ int sockhop_sysenter(unsigned long long *ctx)
 		hazard = SH_HAZARD_WAITALL;
 		break;
 	case SH_NR_GETSOCKOPT:
-		if (BPF_CORE_READ(regs, si) != SH_IPPROTO_TCP ||
-		    BPF_CORE_READ(regs, dx) != SH_TCP_ZEROCOPY_RECEIVE)
+		if ((int)BPF_CORE_READ(regs, si) != SH_IPPROTO_TCP ||
+		    (int)BPF_CORE_READ(regs, dx) != SH_TCP_ZEROCOPY_RECEIVE)
 			return 0;
 		fd = (int)BPF_CORE_READ(regs, di);
 		hazard = SH_HAZARD_ZEROCOPY;
@@ -624,7 +626,8 @@ int sockhop_trmmsg(struct sh_syscall_args *ctx)
 SEC("tracepoint/syscalls/sys_enter_getsockopt")
 int sockhop_tgetopt(struct sh_syscall_args *ctx)
 {
-	if (ctx->args[1] == SH_IPPROTO_TCP && ctx->args[2] == SH_TCP_ZEROCOPY_RECEIVE)
+	/* int level, int optname: the kernel reads the low 32 bits only. */
+	if ((int)ctx->args[1] == SH_IPPROTO_TCP && (int)ctx->args[2] == SH_TCP_ZEROCOPY_RECEIVE)
 		sh_guard_fd((int)ctx->args[0], SH_HAZARD_ZEROCOPY);
 	return 0;
 }

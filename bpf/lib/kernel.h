@@ -56,6 +56,15 @@ struct sock___flags {
 	struct sock_common___flags __sk_common;
 } __co_re;
 
+/* The remote port (network order), __sk_common.skc_dport. */
+struct sock_common___port {
+	__u16 skc_dport;
+} __co_re;
+
+struct sock___port {
+	struct sock_common___port __sk_common;
+} __co_re;
+
 /* Sequence numbers of a TCP socket: write_seq is one past the last byte the
  * application handed to TCP, copied_seq one past the last byte the reader
  * took (recvmsg and splice both advance it). */

@@ -152,6 +152,21 @@ static __always_inline int sh_short_lived(struct sock *sk, __u16 port)
 	return __sync_fetch_and_add(&s->seen, 1) % SH_SHORT_SAMPLE != SH_SHORT_SAMPLE - 1;
 }
 
+/* A client's sends switched to redirect: its container's connections to
+ * this port are worth pairing, whether or not this one is long-lived. */
+static __always_inline void sh_short_worth(struct sock *sk)
+{
+	struct sh_short_key key = {.cgroup = sh_cgroup_of(sk)};
+	struct sh_short *s;
+
+	key.port = bpf_ntohs(BPF_CORE_READ((struct sock___port *)sk, __sk_common.skc_dport));
+	s = bpf_map_lookup_elem(&sockhop_short, &key);
+	if (s && s->wasted) {
+		s->wasted = 0;
+		s->seen = 0;
+	}
+}
+
 /* A paired client closed: did its connection redirect anything, either
  * way? Counts the streak sh_short_lived looks at. */
 static __always_inline void sh_learn_short(struct sock *sk, const struct sh_sock *state,
