@@ -139,6 +139,10 @@ type Datapath struct {
 	sysOnce sync.Once
 	sysIDs  map[string]uint64
 	sysErr  error
+	// Whether the kernel has the io_uring submission tracepoint, looked up
+	// once.
+	uringOnce sync.Once
+	uring     bool
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the

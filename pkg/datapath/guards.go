@@ -45,7 +45,7 @@ func (d *Datapath) nodeTracepoints() []nodeTracepoint {
 		}
 		// A splice submitted through io_uring; a kernel built without
 		// io_uring has neither the tracepoint nor the hazard.
-		if haveKernelType("btf_trace_io_uring_submit_req")() == nil {
+		if d.haveUringTracepoint() {
 			tps = append(tps, nodeTracepoint{pin: uringLinkID, prog: d.objs.SockhopUring,
 				what: "the io_uring submission tracepoint", raw: "io_uring_submit_req"})
 		}
@@ -119,6 +119,16 @@ func (d *Datapath) removeGuards() error {
 		errs = append(errs, removeLinkPin(filepath.Join(d.opts.PinDir, linksDir, id)))
 	}
 	return errors.Join(errs...)
+}
+
+// haveUringTracepoint says, once per Datapath (every Attach asks, and a
+// look into the kernel's BTF costs milliseconds), whether the kernel has the
+// io_uring submission tracepoint.
+func (d *Datapath) haveUringTracepoint() bool {
+	d.uringOnce.Do(func() {
+		d.uring = haveKernelType("btf_trace_io_uring_submit_req")() == nil
+	})
+	return d.uring
 }
 
 // guardLinkIDs are the pins of every node-wide tracepoint link, in any
