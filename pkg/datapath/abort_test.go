@@ -112,15 +112,7 @@ func TestHazardStrandedAbort(t *testing.T) {
 			aborted []datapath.Strand
 		)
 		end := time.Now().Add(testbed.HazardDeadline())
-		for len(strands) == 0 {
-			if time.Now().After(end) {
-				t.Fatalf("the guard recorded no stranded receiver; sink: %s", sink.Stderr())
-			}
-			if strands, err = s.dp.Stranded(); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		strands = waitStranded(t, s, sink, end)
 		if len(strands) != 1 {
 			t.Fatalf("want one stranded receiver, got %+v", strands)
 		}
@@ -137,15 +129,7 @@ func TestHazardStrandedAbort(t *testing.T) {
 		}
 
 		// The receiver: its splice failed, soon.
-		var sinkRep testbed.StrandSinkReport
-		for ok := false; !ok; {
-			if sinkRep, ok = testbed.StrandSink(sink); !ok {
-				if time.Now().After(end) {
-					t.Fatalf("the stranded receiver never returned from splice: %s", sink.Stderr())
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}
+		sinkRep := waitStrandSink(t, sink, end)
 		sendRes := s.waitBounded(sender, "strand sender")
 		sendRep, err := testbed.StrandSend(sender)
 		if err != nil {
@@ -192,6 +176,40 @@ func TestHazardStrandedAbort(t *testing.T) {
 			wantDelivered(t, b.what, s.waitBounded(b.writer, b.what), b.bytes)
 		}
 	})
+}
+
+// waitStranded waits, as the agent polls, for the guard's record of a
+// stranded receiver.
+func waitStranded(t *testing.T, s *sidecarPod, sink *testbed.Peer, end time.Time) []datapath.Strand {
+	t.Helper()
+	for {
+		strands, err := s.dp.Stranded()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(strands) > 0 {
+			return strands
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the guard recorded no stranded receiver; sink: %s", sink.Stderr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitStrandSink waits for the stranded receiver's report: its splice
+// returned.
+func waitStrandSink(t *testing.T, sink *testbed.Peer, end time.Time) testbed.StrandSinkReport {
+	t.Helper()
+	for {
+		if rep, ok := testbed.StrandSink(sink); ok {
+			return rep
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the stranded receiver's splice never returned: %s", sink.Stderr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // dropAbort: SOCKHOP_HAZARD_DROP_GUARD=abort shows what the abort prevents.
@@ -437,18 +455,8 @@ func TestHazardStrandedAbortUring(t *testing.T) {
 			Size: 1 << 20, Bytes: 2 << 20, Seed: seed, Uring: true})
 		sender := s.startClient(s.app, appUID, testbed.PeerSpec{Mode: testbed.ModeStrandSend, Target: "127.0.0.1:7300", Bytes: 2 << 20, MaxWrite: 64 << 10, Seed: seed})
 
-		var strands []datapath.Strand
-		var err error
 		end := time.Now().Add(testbed.HazardDeadline())
-		for len(strands) == 0 {
-			if time.Now().After(end) {
-				t.Fatalf("the guard recorded no receiver stranded by an io_uring splice; sink: %s", sink.Stderr())
-			}
-			if strands, err = s.dp.Stranded(); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		strands := waitStranded(t, s, sink, end)
 		path, err := datapath.FindNetns(strands[0].Netns, []string{"/run/netns"}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -457,15 +465,7 @@ func TestHazardStrandedAbortUring(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%+v", err)
 		}
-		var sinkRep testbed.StrandSinkReport
-		for ok := false; !ok; {
-			if sinkRep, ok = testbed.StrandSink(sink); !ok {
-				if time.Now().After(end) {
-					t.Fatalf("the stranded receiver's io_uring splice never completed: %s", sink.Stderr())
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}
+		sinkRep := waitStrandSink(t, sink, end)
 		s.waitBounded(sender, "strand sender")
 		d := diff(before, s.counters())
 		t.Logf("receiver: %+v; aborted %+v; datapath: %v", sinkRep, aborted, d)
