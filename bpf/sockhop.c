@@ -57,15 +57,48 @@ static __always_inline struct sh_rx *sh_self(struct sk_msg_md *msg)
 	return bpf_map_lookup_elem(&sockhop_rx, &me);
 }
 
+/*
+ * Is this send the only thread in the socket's tcp_bpf paths? Each send
+ * holds a reference to the socket's psock for its whole length — the
+ * queueing of a redirect into the peer included, which runs after the
+ * program with our socket lock released — and so does a reader in
+ * tcp_bpf_recvmsg; the sockhash entry holds one more while the socket is in
+ * it. SH_RX_RETIRED: it left, under this lock (or its peer took it out,
+ * which the peer does only once it is out itself: nothing to protect then).
+ */
+static __always_inline int sh_sole_thread(struct sk_msg_md *msg)
+{
+	struct sk_msg *kmsg = bpf_cast_to_kern_ctx(msg);
+	__u64 me = (__u64)BPF_CORE_READ(kmsg, sk);
+	struct sk_psock *psock = sh_psock_of(me);
+	struct sh_rx *self;
+	int linked = 1;
+
+	if (!psock)
+		return 0;
+	self = bpf_map_lookup_elem(&sockhop_rx, &me);
+	if (self && (self->flags & SH_RX_RETIRED))
+		linked = 0;
+	return BPF_CORE_READ(psock, refcnt.refs.counter) <= 1 + linked;
+}
+
 /* We no longer redirect into the peer: let it retire. Only from a run that
  * did not redirect: a redirect is committed by the program but queued after
- * it returns, so the run after the last redirect is the first that may. */
-static __always_inline void sh_stop_incoming(struct sh_sock *state)
+ * it returns, so the run after the last redirect is the first that may —
+ * if no other thread is sending on this socket: another one's redirect may
+ * still be on its way (two threads writing one socket). Then a later send
+ * clears it, or the peer is taken out once this socket's psock is gone
+ * (sh_retire_peer). */
+static __always_inline void sh_stop_incoming(struct sk_msg_md *msg, struct sh_sock *state)
 {
 	struct sh_rx *peer;
 
 	if (!(state->flags & SH_SOCK_INCOMING))
 		return;
+	if (!sh_sole_thread(msg)) {
+		sh_count(SH_STAT_INCOMING_HELD, 1);
+		return;
+	}
 	peer = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
 	if (peer)
 		__sync_fetch_and_and(&peer->flags, ~(__u64)SH_RX_INCOMING);
@@ -91,7 +124,7 @@ static __always_inline void sh_final(struct sk_msg_md *msg, struct sh_sock *stat
 			__sync_fetch_and_or(&self->flags, SH_RX_RETIRING);
 	}
 	if (!committed)
-		sh_stop_incoming(state);
+		sh_stop_incoming(msg, state);
 }
 
 /* A client learns its server's address from the pending entry, once the
@@ -280,7 +313,7 @@ int sockhop_msg(struct sk_msg_md *msg)
 	default:
 		/* On TCP for good since an earlier run, which may have
 		 * redirected the last message into the peer. */
-		sh_stop_incoming(state);
+		sh_stop_incoming(msg, state);
 		return sh_tcp(msg);
 	}
 

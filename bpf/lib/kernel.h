@@ -123,9 +123,21 @@ struct sk_msg {
 	struct sock *sk;
 } __co_re;
 
+/* refcount_t and the atomic_t in it: one counter. */
+struct sh_atomic {
+	int counter;
+} __co_re;
+
+struct refcount_struct {
+	struct sh_atomic refs;
+} __co_re;
+
 struct sk_psock {
 	/* Bytes redirected into this socket and not yet read. */
 	__u32 msg_tot_len;
+	/* One per map the socket is in, and one for each thread in its
+	 * tcp_bpf send or receive path, for that call's whole length. */
+	struct refcount_struct refcnt;
 } __co_re;
 
 /* io_uring (include/linux/io_uring_types.h, io_uring/splice.c): a request

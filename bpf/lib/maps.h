@@ -171,6 +171,7 @@ enum sh_stat {
 	SH_STAT_ERR_STORAGE,
 	SH_STAT_ERR_PENDING,
 	SH_STAT_ERR_RX,
+	SH_STAT_INCOMING_HELD,   /* sends that could not yet let their peer retire: another thread was in their socket's send or receive path */
 	SH_STAT_MAX,
 };
 

@@ -451,9 +451,12 @@ static __always_inline void sh_pair_server(struct bpf_sock_ops *skops, struct bp
  * is unread (leaving frees its psock's queue) and this socket's last
  * redirect is done: SH_RX_INCOMING, which this socket set on the peer's
  * entry before redirecting, is cleared only by a send of ours that did not
- * redirect. 1 when the peer is out (or cannot be taken out: closing).
+ * redirect, and that no other thread was sending beside. Or once our psock
+ * is gone: every send of ours holds it until its redirect is queued, so
+ * none is on its way (and no send of ours runs sk_msg again to clear it).
+ * me: this socket. 1 when the peer is out (or cannot be taken out: closing).
  */
-static __always_inline int sh_retire_peer(struct sh_sock *state)
+static __always_inline int sh_retire_peer(struct sh_sock *state, __u64 me)
 {
 	__u64 peer_pod = 0;
 	struct sh_rx *rx;
@@ -463,7 +466,7 @@ static __always_inline int sh_retire_peer(struct sh_sock *state)
 	rx = bpf_map_lookup_elem(&sockhop_rx, &state->peer_sk);
 	if (!rx || (rx->flags & SH_RX_RETIRED))
 		return 1;
-	if ((rx->flags & SH_RX_INCOMING) || (state->flags & SH_SOCK_INCOMING))
+	if (((rx->flags & SH_RX_INCOMING) || (state->flags & SH_SOCK_INCOMING)) && sh_psock_of(me))
 		return 0;
 	if (sh_backlog_of_sk(state->peer_sk))
 		return 0; /* the next ACK tries again */
@@ -526,7 +529,7 @@ static __always_inline void sh_retire(struct bpf_sock_ops *skops)
 		sh_count(SH_STAT_RETIRED, 1);
 		sh_pod_count(state->pod, SH_PODST_RETIRED);
 	}
-	if (sh_retire_peer(state))
+	if (sh_retire_peer(state, addr))
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 

@@ -36,6 +36,10 @@ type Counters struct {
 	// Retired counts sockets whose sends went to TCP for good and that
 	// left the sockhash, to send as plain TCP.
 	Retired uint64
+	// RetireHeld counts sends that could not yet let their peer leave
+	// the sockhash: another thread was in their socket's send or receive
+	// path, and a redirect of its may still be on its way.
+	RetireHeld uint64
 	// Passthrough counts, by reason, connections or directions left on TCP.
 	Passthrough map[string]uint64
 	// MapErrors counts failed map operations, by map.
@@ -93,6 +97,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		ZeroCopyRefused:    get(sockhopShStatSH_STAT_ZC_REFUSED),
 		Aborted:            d.aborts(),
 		Retired:            get(sockhopShStatSH_STAT_RETIRED),
+		RetireHeld:         get(sockhopShStatSH_STAT_INCOMING_HELD),
 		Passthrough: map[string]uint64{
 			ReasonNoPeer:       get(sockhopShStatSH_STAT_TX_NO_PEER),
 			ReasonUnsafeRx:     get(sockhopShStatSH_STAT_TX_UNSAFE_RX),

@@ -222,7 +222,7 @@ func (e *env) reloadWithCapacity(t testing.TB, conns int) {
 type delta struct {
 	paired, redirBytes, tcpBytes uint64
 	switches, unsafeRx, stranded uint64
-	retired                      uint64
+	retired, retireHeld          uint64
 	pass                         map[string]uint64
 }
 
@@ -235,6 +235,7 @@ func diff(before, after datapath.Counters) delta {
 		unsafeRx:   after.UnsafeReceivers - before.UnsafeReceivers,
 		stranded:   after.Stranded - before.Stranded,
 		retired:    after.Retired - before.Retired,
+		retireHeld: after.RetireHeld - before.RetireHeld,
 		pass:       map[string]uint64{},
 	}
 	for k, v := range after.Passthrough {
@@ -244,8 +245,8 @@ func diff(before, after datapath.Counters) delta {
 }
 
 func (d delta) String() string {
-	return fmt.Sprintf("paired=%d redirected=%dB tcp=%dB switches=%d retired=%d unsafe_rx=%d stranded=%d pass=%v",
-		d.paired, d.redirBytes, d.tcpBytes, d.switches, d.retired, d.unsafeRx, d.stranded, d.pass)
+	return fmt.Sprintf("paired=%d redirected=%dB tcp=%dB switches=%d retired=%d retire_held=%d unsafe_rx=%d stranded=%d pass=%v",
+		d.paired, d.redirBytes, d.tcpBytes, d.switches, d.retired, d.retireHeld, d.unsafeRx, d.stranded, d.pass)
 }
 
 func mustOK(t testing.TB, res testbed.Result, wantConns int, bytesEach int64) {

@@ -643,6 +643,67 @@ func testRetire(t *testing.T, write int, bound uint64) {
 	}
 }
 
+// Two threads on one socket: a send that leaves the redirect path cannot
+// tell its receiver "my redirects are done" while another thread of the
+// socket is in its send path — that thread's redirect is queued after its
+// program ran, with the socket lock released, and a receiver that left the
+// sockhash before it lands loses it. Every thread in the socket's tcp_bpf
+// send or receive path holds its psock: so while one does (here a reader
+// thread blocked in read(2), which holds it as a second writer would), the
+// receiver stays in the sockhash; once the socket's psock is gone, the
+// receiver leaves. Every byte arrives.
+func TestRetireWaitsForTheSocketsOtherThreads(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true})
+	p := e.pod("app", true)
+	e.server(p, 0, testbed.PeerSpec{Mode: testbed.ModeSlowSink, Listen: []string{"127.0.0.1:8080"}})
+	// The first connection makes the pod's cgroup trusted: the second is
+	// redirected from its first byte, as in a running pod.
+	first := testbed.PeerSpec{Mode: testbed.ModeBulk, Target: "127.0.0.1:8080", Size: 64 << 10, Bytes: 8 << 20}
+	if res := e.client(p, 0, first); res.Err() != nil || res.BytesVerified != first.Bytes {
+		t.Fatalf("first bulk: %v, %d bytes", res.Err(), res.BytesVerified)
+	}
+	before := e.counters()
+	spec := testbed.PeerSpec{Mode: testbed.ModeReaderHeld, Target: "127.0.0.1:8080", Size: 64 << 10, Bytes: 6 << 20}
+	c := e.startClient(p, 0, spec)
+	rep, err := testbed.WaitReaderHeld(c, testbed.Patience(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Error != "" {
+		t.Fatalf("reader-held client: %s", rep.Error)
+	}
+	// The sink has read everything (the client saw it all acknowledged,
+	// and waited), the sender went to TCP for good at the bound and left
+	// the sockhash; its receiver has nothing unread and would have left on
+	// the sender's last ACKs, but for the reader thread.
+	held := diff(before, e.counters())
+	t.Logf("reader blocked: %v (reader woken %d times)", held, rep.Wakeups)
+	if held.pass[datapath.ReasonBackpressure] == 0 {
+		t.Fatalf("the bound never tripped: the direction never left the redirect path, nothing tested (%v)", held)
+	}
+	if rep.Wakeups != 0 {
+		t.Fatalf("the reader thread was woken %d times while it was to be held: the test could not hold it (%v)", rep.Wakeups, held)
+	}
+	if held.retireHeld == 0 || held.retired != 1 {
+		t.Fatalf("with a reader thread in the sender's socket, want the sender out of the sockhash and its receiver kept, its sends counted as holding it: %v", held)
+	}
+	if err := testbed.Resume(c); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Err(); err != nil || res.BytesVerified != 2*spec.Bytes || res.BytesSent != 2*spec.Bytes {
+		t.Fatalf("reader-held client: %v, sent %d, the sink counted %d, want %d", res.Err(), res.BytesSent, res.BytesVerified, 2*spec.Bytes)
+	}
+	// The reader returned, the socket's psock went with it: the sender's
+	// next ACKs took the receiver out.
+	if d := diff(before, e.counters()); d.retired != 2 {
+		t.Fatalf("after the reader thread returned, want the receiver out of the sockhash too: %v", d)
+	}
+}
+
 // Map fill is what an operator reads to see how close a node is to its
 // capacity: it counts the paired sockets and their receive-side entries.
 func TestMapFill(t *testing.T) {

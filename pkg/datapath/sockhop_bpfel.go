@@ -148,7 +148,8 @@ const (
 	sockhopShStatSH_STAT_ERR_STORAGE     sockhopShStat = 25
 	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 26
 	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 27
-	sockhopShStatSH_STAT_MAX             sockhopShStat = 28
+	sockhopShStatSH_STAT_INCOMING_HELD   sockhopShStat = 28
+	sockhopShStatSH_STAT_MAX             sockhopShStat = 29
 )
 
 type sockhopShStrand struct {
