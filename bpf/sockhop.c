@@ -384,12 +384,14 @@ static __always_inline void sh_stranded(struct sh_rx *rx, __u64 sk, __u64 cgroup
 {
 	if (__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED) & SH_RX_STRANDED)
 		return;
-	sh_count(SH_STAT_RX_STRANDED, 1);
 	sh_learn(cgroup, SH_HAZARD_STRANDED);
 	/* Not recorded (the map is full): the next splice or landing tries
-	 * again. */
-	if (sh_strand_record(sk, cgroup))
+	 * again, and counts it then — once per recording. */
+	if (sh_strand_record(sk, cgroup)) {
 		__sync_fetch_and_and(&rx->flags, ~(__u64)SH_RX_STRANDED);
+		return;
+	}
+	sh_count(SH_STAT_RX_STRANDED, 1);
 }
 
 static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
