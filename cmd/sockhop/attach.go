@@ -136,7 +136,9 @@ func newDetachCommand(g *globalOptions) *cobra.Command {
 go through TCP; established ones keep their path and lose no byte. The
 cgroup may be gone already: it is found by the path recorded at attach, or
 by its id (as 'sockhop status' lists it). detach uses the installed datapath
-as it is and never installs one.`,
+as it is and never installs one. Once no cgroup is attached and no paired
+connection is open, it also detaches the node-wide tracepoints (attach puts
+them back).`,
 		Example: `  sockhop detach system.slice/nginx.service
   sockhop detach --id 4711`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -189,6 +191,18 @@ as it is and never installs one.`,
 			return err
 		}
 		fmt.Fprintf(g.stdout, "detached %s (cgroup id %d)\n", cliout.Dash(target.CgroupPath), target.CgroupID)
+		// The last cgroup gone and no paired connection left: the
+		// node-wide tracepoints go too, as the agent's do, so that a
+		// host with nothing accelerated pays nothing for them.
+		attached, err := dp.ReleaseIdleGuards()
+		switch {
+		case err != nil:
+			return fmt.Errorf("release the node-wide tracepoints: %w", err)
+		case attached && len(atts) == 1:
+			fmt.Fprintln(g.stdout, "the node-wide tracepoints stay while paired connections are open; a later detach or attach checks again")
+		case !attached && len(atts) == 1:
+			fmt.Fprintln(g.stdout, "nothing left to guard: the node-wide tracepoints are detached")
+		}
 		return nil
 	}
 	return cmd

@@ -46,6 +46,7 @@ type statusJSON struct {
 	Sockets     int              `json:"sockets_in_sockhash"`
 	Counters    countersView     `json:"counters"`
 	Hazards     []hazardView     `json:"hazards"`
+	Datapath    datapathView     `json:"datapath"`
 }
 
 // cliBed gives a kernel test of the CLI a testbed, a bpffs directory of its
@@ -201,6 +202,11 @@ func TestAttachStatusDetach(t *testing.T) {
 	}
 	if s = status(); len(s.Attachments) != 0 {
 		t.Fatalf("still attached: %+v", s.Attachments)
+	}
+	// Nothing attached, no paired connection open: nothing for the
+	// node-wide tracepoints to guard, and every process stops paying them.
+	if s.Datapath.NodeTracepoints || !strings.Contains(out, "node-wide tracepoints are detached") {
+		t.Fatalf("the last detach must take the node-wide tracepoints away: %q, status %+v", out, s)
 	}
 	before = s.Counters
 	res, err = bed.Run(testbed.PeerSpec{Mode: testbed.ModePingPong, NetNS: ns.Name, Cgroup: pod,
