@@ -66,7 +66,17 @@ stop_background() {
 }
 
 accelerate() { "$sockhop" --bpffs-dir "/sys/fs/bpf/$benchpod" attach "$benchpod/pod" >/dev/null; }
-plain() { "$sockhop" --bpffs-dir "/sys/fs/bpf/$benchpod" detach "$benchpod/pod" >/dev/null; }
+# plain: detach the pod; with nothing left to guard the node-wide
+# tracepoints go too, so that plain runs are plain TCP as without sockhop
+# (checked: a plain run with them attached would hide what they cost).
+plain() {
+	"$sockhop" --bpffs-dir "/sys/fs/bpf/$benchpod" detach "$benchpod/pod" >/dev/null
+	if "$sockhop" --bpffs-dir "/sys/fs/bpf/$benchpod" status -o json --skip-self-test 2>/dev/null |
+		grep -q '"node_tracepoints_attached": *true'; then
+		echo "$0: the node-wide tracepoints are still attached after detach: plain runs would not be plain TCP" >&2
+		exit 1
+	fi
+}
 
 # redirected_bytes: the datapath's redirected byte counter.
 redirected_bytes() {

@@ -437,6 +437,45 @@ func (s *suite) measure(ctx context.Context, c caseSpec, res *CaseResult) error 
 	return nil
 }
 
+// releaseGuards takes every loaded datapath's node-wide tracepoints away
+// before an OFF round, so that it runs as on a node without sockhop: no pod
+// is attached then, and the last round's paired connections close within
+// moments (their server ends close after their clients').
+func (s *suite) releaseGuards(ctx context.Context) error {
+	end := time.Now().Add(testbed.Patience(10 * time.Second))
+	for _, v := range s.variants {
+		for v.dp != nil {
+			attached, err := v.dp.ReleaseIdleGuards()
+			if err != nil {
+				return fmt.Errorf("release the node-wide tracepoints: %w", err)
+			}
+			if !attached {
+				break
+			}
+			if time.Now().After(end) {
+				return fmt.Errorf("the node-wide tracepoints are still needed %v after the last ON round: a paired connection is still open", testbed.Patience(10*time.Second))
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// guardsAttached says whether any loaded datapath's node-wide tracepoints
+// are attached.
+func (s *suite) guardsAttached() bool {
+	for _, v := range s.variants {
+		if v.dp != nil && v.dp.GuardsAttached() {
+			return true
+		}
+	}
+	return false
+}
+
 // round runs the client once in one mode. It returns the round, its
 // latency samples (ns) and its rate (MiB/s or conn/s).
 func (s *suite) round(ctx context.Context, v *variant, st *setup, c caseSpec, mode string) (Round, []int64, float64, error) {
@@ -445,7 +484,10 @@ func (s *suite) round(ctx context.Context, v *variant, st *setup, c caseSpec, mo
 		if err := v.dp.Attach(st.attach, datapath.PodConfig{}); err != nil {
 			return r, nil, 0, err
 		}
+	} else if err := s.releaseGuards(ctx); err != nil {
+		return r, nil, 0, err
 	}
+	r.Tracepoints = s.guardsAttached()
 	before, err := v.dp.Counters()
 	if err != nil {
 		return r, nil, 0, err

@@ -110,6 +110,10 @@ type Round struct {
 	Value    float64       `json:"value"`
 	Elapsed  time.Duration `json:"elapsed_ns"`
 	Counters Counters      `json:"counters"`
+	// Tracepoints: the node-wide tracepoints were attached during the
+	// round (ON rounds: always; OFF rounds: never, as on a node without
+	// sockhop).
+	Tracepoints bool `json:"node_tracepoints"`
 }
 
 // Counters is what the datapath counted during one round.
@@ -201,6 +205,9 @@ func (c CaseResult) verify() error {
 		cs := rd.Counters
 		if cs.MapErrors != 0 {
 			errs = append(errs, fmt.Errorf("round %d (%s): %d failed map operations", i, rd.Mode, cs.MapErrors))
+		}
+		if rd.Tracepoints != (rd.Mode == ModeOn) {
+			errs = append(errs, fmt.Errorf("round %d (%s): node-wide tracepoints attached: %v (want them in ON rounds only: OFF is plain TCP as without sockhop)", i, rd.Mode, rd.Tracepoints))
 		}
 		switch {
 		case rd.Mode == ModeOff:

@@ -92,7 +92,7 @@ func goodCase() CaseResult {
 		Metrics: []Metric{{Name: "p50", Unit: "us", Off: 14, On: 8, Ratio: 1.75, LowerIsBetter: true}},
 		Rounds: []Round{
 			{Mode: ModeOff, Value: 14},
-			{Mode: ModeOn, Value: 8, Counters: Counters{PairedSockets: 2, RedirectedBytes: 1 << 20}},
+			{Mode: ModeOn, Value: 8, Counters: Counters{PairedSockets: 2, RedirectedBytes: 1 << 20}, Tracepoints: true},
 		},
 	}
 }
@@ -108,6 +108,8 @@ func TestVerify(t *testing.T) {
 		"error":             func(c *CaseResult) { c.Error = "boom" },
 		"zero figure":       func(c *CaseResult) { c.Metrics[0].On = 0 },
 		"map errors":        func(c *CaseResult) { c.Rounds[1].Counters.MapErrors = 1 },
+		"off traced":        func(c *CaseResult) { c.Rounds[0].Tracepoints = true },
+		"on untraced":       func(c *CaseResult) { c.Rounds[1].Tracepoints = false },
 		"remote paired": func(c *CaseResult) {
 			c.Expect = ExpectRemote
 			c.Rounds[1].Counters.Passthrough = map[string]uint64{datapath.ReasonRemote: 1}
