@@ -87,8 +87,9 @@ func readerHeld(spec PeerSpec) (Result, error) {
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &hold); err != nil {
 		return res, err
 	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, int(2*spec.Bytes)); err != nil {
-		return res, err
+	// Forced: net.core.wmem_max caps SO_SNDBUF (212992 by default).
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, int(2*spec.Bytes)); err != nil {
+		return res, fmt.Errorf("SO_SNDBUFFORCE (the peer needs CAP_NET_ADMIN): %w", err)
 	}
 
 	var stopping atomic.Bool
