@@ -76,6 +76,32 @@ func TestNodeTracepointsOnlyWhileGuarding(t *testing.T) {
 	}
 }
 
+// The agent lets the node-wide tracepoints go when nothing is left to
+// guard, and attaches them again with the next pod, which may come at once.
+// The kernel frees a released link in a worker, a moment later: until then a
+// tracepoint refuses the same program again (EEXIST), and the syscall guard
+// fell back to sys_enter for the datapath's life (within 0–24 cycles, five
+// runs).
+func TestGuardsAttachRightAfterRelease(t *testing.T) {
+	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 64})
+	p := e.pod("app", true)
+	for i := 0; i < 100; i++ {
+		if err := e.dp.Detach(p.cgroup); err != nil {
+			t.Fatal(err)
+		}
+		if attached, err := e.dp.ReleaseIdleGuards(); err != nil || attached {
+			t.Fatalf("cycle %d: release with nothing to guard: attached=%v, %v", i, attached, err)
+		}
+		if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.dp.SyscallGuard(); got != "per-syscall tracepoints" {
+			t.Fatalf("cycle %d: the syscall guard is attached as %q (%v), want the per-syscall tracepoints", i, got, e.dp.SyscallGuardFallback())
+		}
+	}
+	wantGuards(t, e, true, "after 100 cycles")
+}
+
 func pairedSockets(t *testing.T, e *env) int {
 	t.Helper()
 	fills, err := e.dp.MapFill()

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -171,9 +172,18 @@ func attachEvent(id uint64, prog *ebpf.Program) (link.Link, error) {
 		return nil, fmt.Errorf("perf event for tracepoint %d: %w", id, err)
 	}
 	defer unix.Close(fd) // the link holds it
-	l, err := link.AttachRawLink(link.RawLinkOptions{Target: fd, Program: prog, Attach: ebpf.AttachPerfEvent})
-	if err != nil {
-		return nil, fmt.Errorf("link tracepoint %d: %w", id, err)
+	// A link of this program to this tracepoint that was just let go
+	// (ReleaseIdleGuards, then an Attach) is freed by a kernel worker a
+	// moment later; until then the tracepoint refuses the program a second
+	// time (EEXIST, bpf_prog_array_copy).
+	for end := time.Now().Add(2 * time.Second); ; {
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: fd, Program: prog, Attach: ebpf.AttachPerfEvent})
+		if err == nil {
+			return l, nil
+		}
+		if !errors.Is(err, unix.EEXIST) || time.Now().After(end) {
+			return nil, fmt.Errorf("link tracepoint %d: %w", id, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return l, nil
 }
