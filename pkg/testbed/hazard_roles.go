@@ -147,20 +147,19 @@ func Resume(p *Peer) error {
 // WaitHeld waits until a ModeHold client is held back (or wrote all its
 // bytes without being held) and returns what it queued until then.
 func WaitHeld(p *Peer, timeout time.Duration) (HazardReport, error) {
-	end := time.Now().Add(timeout)
-	for {
-		if rep, ok := markedLine(p.Stderr(), heldMarker); ok {
-			return rep, nil
-		}
-		select {
-		case <-p.done:
-			return HazardReport{}, fmt.Errorf("hold client exited before it was held back: %s", p.Stderr())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(end) {
-			return HazardReport{}, fmt.Errorf("hold client neither held back nor done after %v", timeout)
-		}
+	var rep HazardReport
+	err := waitStderr(p, timeout, func(stderr string) bool {
+		var ok bool
+		rep, ok = markedLine(stderr, heldMarker)
+		return ok
+	})
+	switch {
+	case errors.Is(err, errExited):
+		return rep, fmt.Errorf("hold client exited before it was held back: %s", p.Stderr())
+	case err != nil:
+		return rep, fmt.Errorf("hold client neither held back nor done after %v", timeout)
 	}
+	return rep, nil
 }
 
 // Report is the HazardReport a finished ModeSendReport or ModeHold client printed.

@@ -107,6 +107,33 @@ type Peer struct {
 	once   sync.Once
 }
 
+// errExited and errStillWaiting: why waitStderr gave up.
+var (
+	errExited       = errors.New("the peer exited")
+	errStillWaiting = errors.New("still waiting")
+)
+
+// waitStderr polls a running peer's stderr until found says it holds what
+// the caller waits for; errExited when the peer ends first, errStillWaiting
+// after timeout.
+func waitStderr(p *Peer, timeout time.Duration, found func(stderr string) bool) error {
+	end := time.Now().Add(timeout)
+	for !found(p.Stderr()) {
+		select {
+		case <-p.done:
+			if found(p.Stderr()) {
+				return nil
+			}
+			return errExited
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(end) {
+			return errStillWaiting
+		}
+	}
+	return nil
+}
+
 // PID of the peer process.
 func (p *Peer) PID() int { return p.cmd.Process.Pid }
 

@@ -51,21 +51,15 @@ func init() {
 // WaitReaderHeld waits until a ModeReaderHeld client wrote its first Bytes
 // with its reader blocked, and returns what it reported.
 func WaitReaderHeld(p *Peer, timeout time.Duration) (ReaderHeldReport, error) {
-	end := time.Now().Add(timeout)
-	for {
-		var rep ReaderHeldReport
-		if markedJSON(p.Stderr(), readerHeldMarker, &rep) {
-			return rep, nil
-		}
-		select {
-		case <-p.done:
-			return ReaderHeldReport{}, fmt.Errorf("reader-held client exited before it reported: %s", p.Stderr())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(end) {
-			return ReaderHeldReport{}, fmt.Errorf("reader-held client did not report within %v: %s", timeout, p.Stderr())
-		}
+	var rep ReaderHeldReport
+	err := waitStderr(p, timeout, func(stderr string) bool { return markedJSON(stderr, readerHeldMarker, &rep) })
+	switch {
+	case errors.Is(err, errExited):
+		return rep, fmt.Errorf("reader-held client exited before it reported: %s", p.Stderr())
+	case err != nil:
+		return rep, fmt.Errorf("reader-held client did not report within %v: %s", timeout, p.Stderr())
 	}
+	return rep, nil
 }
 
 func readerHeld(spec PeerSpec) (Result, error) {

@@ -132,16 +132,12 @@ func connHold(spec PeerSpec) (Result, error) {
 
 // WaitConnsHeld waits until a ModeConnHold client holds its connections.
 func WaitConnsHeld(p *Peer, timeout time.Duration) error {
-	end := time.Now().Add(timeout)
-	for !strings.Contains(p.Stderr(), heldConnsMarker) {
-		select {
-		case <-p.done:
-			return fmt.Errorf("conn-hold client exited before holding its connections: %s", p.Stderr())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(end) {
-			return fmt.Errorf("conn-hold client still connecting after %v", timeout)
-		}
+	err := waitStderr(p, timeout, func(stderr string) bool { return strings.Contains(stderr, heldConnsMarker) })
+	switch {
+	case errors.Is(err, errExited):
+		return fmt.Errorf("conn-hold client exited before holding its connections: %s", p.Stderr())
+	case err != nil:
+		return fmt.Errorf("conn-hold client still connecting after %v", timeout)
 	}
 	return nil
 }
