@@ -14,6 +14,7 @@
 #include "lib/maps.h"
 #include "lib/pair.h"
 #include "lib/abort.h"
+#include "lib/guard.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -365,60 +366,7 @@ int sockhop_msg(struct sk_msg_md *msg)
  * follows every sock_recvmsg) becomes a receiver redirect may switch into;
  * MSG_WAITALL makes it unsafe.
  */
-static __always_inline void sh_learn(__u64 cgroup, __u64 hazard)
-{
-	__u64 *h;
-
-	/* This container's later sockets are not paired. */
-	bpf_map_delete_elem(&sockhop_trust, &cgroup);
-	h = bpf_map_lookup_elem(&sockhop_hazard, &cgroup);
-	if (h)
-		__sync_fetch_and_or(h, hazard);
-	else
-		bpf_map_update_elem(&sockhop_hazard, &cgroup, &hazard, BPF_NOEXIST);
-}
-
-/* A receiver seen splicing (or the like) has redirected bytes unread, which
- * no such call sees: record it once, for the agent to abort (bpf/abort.c). */
-static __always_inline void sh_stranded(struct sh_rx *rx, __u64 sk, __u64 cgroup)
-{
-	if (__sync_fetch_and_or(&rx->flags, SH_RX_STRANDED) & SH_RX_STRANDED)
-		return;
-	sh_learn(cgroup, SH_HAZARD_STRANDED);
-	/* Not recorded (the map is full): the next splice or landing tries
-	 * again, and counts it then — once per recording. */
-	if (sh_strand_record(sk, cgroup)) {
-		__sync_fetch_and_and(&rx->flags, ~(__u64)SH_RX_STRANDED);
-		return;
-	}
-	sh_count(SH_STAT_RX_STRANDED, 1);
-}
-
-static __always_inline void sh_unsafe(struct sh_rx *rx, __u64 sk, __u64 hazard)
-{
-	__u64 cgroup = sh_cgroup_of((struct sock *)sk);
-	__u64 flag = hazard == SH_HAZARD_WAITALL ? SH_RX_WAITALL : SH_RX_UNSAFE;
-	__u64 old;
-
-	if (!(rx->flags & flag)) {
-		old = __sync_fetch_and_or(&rx->flags, flag);
-		if (!(old & (SH_RX_UNSAFE | SH_RX_WAITALL)))
-			sh_count(SH_STAT_RX_UNSAFE, 1);
-	}
-	if (flag == SH_RX_UNSAFE) {
-		/* Every splice (not only the first): one that finds
-		 * redirected bytes unread cannot see them, whatever the reader
-		 * did in between. Bytes that land later: sockhop_ready. */
-		if (rx->flags & SH_RX_RECVD)
-			__sync_fetch_and_and(&rx->flags, ~(__u64)SH_RX_RECVD);
-		if (sh_backlog_of(sk))
-			sh_stranded(rx, sk, cgroup);
-	}
-	sh_learn(cgroup, hazard);
-}
-
 #define MSG_PEEK 2
-#define MSG_WAITALL 0x100
 
 SEC("tp_btf/sock_recv_length")
 int sockhop_recv(unsigned long long *ctx)
@@ -535,14 +483,10 @@ static __always_inline __u64 sh_sock_of_fd(long fd)
  * would break: the guard (sh_unsafe) for a paired socket. */
 static __always_inline void sh_guard_fd(long fd, __u64 hazard)
 {
-	struct sh_rx *rx;
 	__u64 sk = sh_sock_of_fd(fd);
 
-	if (!sk)
-		return;
-	rx = bpf_map_lookup_elem(&sockhop_rx, &sk);
-	if (rx)
-		sh_unsafe(rx, sk, hazard);
+	if (sk)
+		sh_guard_sk(sk, hazard);
 }
 
 /* x86-64 syscall numbers. */
