@@ -21,6 +21,7 @@ generate:
 ## check-generate: fail when the committed BPF objects differ from what the sources produce
 check-generate: generate
 	@git diff --exit-code -- pkg/datapath/sockhop_bpfel.go pkg/datapath/sockhop_bpfel.o pkg/datapath/abort_bpfel.go pkg/datapath/abort_bpfel.o \
+		pkg/datapath/fguard_bpfel.go pkg/datapath/fguard_bpfel.o \
 		|| { echo "committed BPF objects are stale: run 'make generate' and commit" >&2; exit 1; }
 
 ## build: the agent and the CLI into bin/

@@ -97,6 +97,20 @@ func (d *Datapath) record() error {
 			return fmt.Errorf("pin program %s: %w", name, err)
 		}
 	}
+	// The function guard's, where this datapath uses it; else none, so
+	// that Open does not attach one this datapath does not use.
+	for _, g := range fnGuards {
+		pin := filepath.Join(dir, g.pin)
+		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("replace program pin %s: %w", pin, err)
+		}
+		if d.fn == nil {
+			continue
+		}
+		if err := (*g.prog(d.fn)).Pin(pin); err != nil {
+			return fmt.Errorf("pin program %s: %w", g.pin, err)
+		}
+	}
 	return nil
 }
 
@@ -114,8 +128,9 @@ type Build struct {
 	// NodeTracepoints: the node-wide tracepoints are attached (only while
 	// a pod is attached or a paired socket is open).
 	NodeTracepoints bool
-	// SyscallGuard: how the syscall guard is attached ("per-syscall
-	// tracepoints", "sys_enter"), "" while it is not.
+	// SyscallGuard: how the syscall guard is attached ("kernel
+	// functions", "per-syscall tracepoints", "sys_enter"), "" while it is
+	// not.
 	SyscallGuard string
 }
 

@@ -73,10 +73,11 @@ type Options struct {
 	// node replaces the maps (see Load).
 	MaxConnections int
 
-	// NoSyscallGuard leaves out the sys_enter tracepoint that marks a
-	// receiver unsafe before a splice, sendfile, zerocopy or MSG_WAITALL
-	// read (docs/hazards.md). That tracepoint puts every syscall on the
-	// node on the kernel's slower traced entry path (tens of ns each).
+	// NoSyscallGuard leaves out the syscall guard, which marks a receiver
+	// unsafe before a splice, sendfile, zerocopy or MSG_WAITALL read
+	// (docs/hazards.md). Where the kernel refuses fentry programs it is
+	// syscall tracepoints, which put every syscall on the node on the
+	// kernel's slower traced entry path (tens of ns each).
 	// Without it a direction still switches only into a receiver seen
 	// reading with recvmsg three times (so a reader that splices or waits
 	// for all from its first reads, or after a header, stays on TCP), but
@@ -85,9 +86,16 @@ type Options struct {
 	NoSyscallGuard bool
 
 	// SyscallGuardBTF attaches the syscall guard as one tp_btf program on
-	// sys_enter even where the per-syscall tracepoints can be used: every
-	// syscall on the node then runs it (their cost: docs/benchmarks.md).
+	// sys_enter even where the kernel functions or the per-syscall
+	// tracepoints can be used: every syscall on the node then runs it
+	// (their cost: docs/benchmarks.md).
 	SyscallGuardBTF bool
+
+	// SyscallGuardTracepoints attaches the syscall guard as the
+	// per-syscall tracepoints even where the kernel runs fentry programs,
+	// whose form costs nothing to syscalls that do not read a socket
+	// (fguard.go). For comparisons and tests.
+	SyscallGuardTracepoints bool
 
 	// Unguarded redirects every direction from its first byte, whatever
 	// its receiver does: the mechanism alone, for benchmarks and for the
@@ -143,6 +151,10 @@ type Datapath struct {
 	// once.
 	uringOnce sync.Once
 	uring     bool
+	// fn: the syscall guard on kernel functions (fguard.go), nil where it
+	// is not used; fnErr: why not, where it was tried.
+	fn    *fguardPrograms
+	fnErr error
 }
 
 // Load checks that the kernel has every feature sockhop needs, loads the
@@ -201,6 +213,10 @@ func Load(opts Options) (*Datapath, error) {
 	if err := d.ensurePodStats(); err != nil {
 		d.Close()
 		return nil, err
+	}
+	if !opts.NoSyscallGuard && !opts.SyscallGuardBTF && !opts.SyscallGuardTracepoints {
+		// Where trampolines are refused: the syscall tracepoints.
+		d.fn, d.fnErr = loadFnGuard(d.objs.maps())
 	}
 	if _, err := SweepRetired(opts.PinDir); err != nil {
 		d.Close()
@@ -490,7 +506,12 @@ func (d *Datapath) Close() error {
 	err := d.abort.Close()
 	d.abort = nil
 	d.abortMu.Unlock()
-	return errors.Join(err, d.objs.Close())
+	var fnErr error
+	if d.fn != nil {
+		fnErr = d.fn.Close()
+		d.fn = nil
+	}
+	return errors.Join(err, fnErr, d.objs.Close())
 }
 
 // Uninstall removes every link and pin under pinDir. New connections are no

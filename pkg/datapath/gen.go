@@ -7,3 +7,7 @@ package datapath
 // The abort iterator is its own object: it needs bpf_sock_destroy (Linux
 // 6.5), which a kernel without it must not keep the datapath from loading.
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel abort ../../bpf/abort.c
+
+// The syscall guard on kernel functions is its own object too: a kernel
+// that refuses BPF trampolines (fentry) must still load the datapath.
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel fguard ../../bpf/fguard.c

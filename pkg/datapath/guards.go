@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -33,6 +34,11 @@ func (d *Datapath) nodeTracepoints() []nodeTracepoint {
 		{pin: recvLinkID, prog: d.objs.SockhopRecv, what: "the receive tracepoint"},
 		{pin: closeLinkID, prog: d.objs.SockhopClose, what: "the socket state tracepoint"},
 		{pin: readyLinkID, prog: d.objs.SockhopReady, what: "the data ready tracepoint"},
+	}
+	if fn := d.fnTracepoints(); !d.opts.NoSyscallGuard && fn != nil {
+		// A splice submitted through io_uring reaches tcp_splice_read
+		// too: no io_uring tracepoint.
+		return append(tps, fn...)
 	}
 	if !d.opts.NoSyscallGuard {
 		if ids, err := d.syscallIDs(); err == nil && !d.opts.SyscallGuardBTF {
@@ -70,6 +76,13 @@ func (d *Datapath) ensureGuards() error {
 			continue // a datapath pinned before this program existed
 		}
 		if err := d.relinkTracing(filepath.Join(dir, tp.pin), tp); err != nil {
+			if d.fn != nil && strings.HasPrefix(tp.pin, fnLinkPrefix) {
+				// Loaded but not attached (a function the kernel
+				// will not trace): the syscall tracepoints instead,
+				// and the links attached so far go below.
+				d.dropFnGuard(fmt.Errorf("attach %s: %w", tp.what, err))
+				return d.ensureGuards()
+			}
 			if tp.event != 0 {
 				// A per-syscall tracepoint that cannot be attached (a
 				// seccomp profile refusing perf_event_open, say): the
@@ -138,23 +151,37 @@ func guardLinkIDs() []string {
 	for _, name := range syscallEventNames {
 		ids = append(ids, syscallLinkPrefix+name)
 	}
+	for _, g := range fnGuards {
+		ids = append(ids, fnLinkPrefix+g.pin)
+	}
 	return ids
 }
 
-// SyscallGuardFallback says why the syscall guard is not attached as the
-// per-syscall tracepoints (their ids could not be read), or nil.
+// SyscallGuardFallback says why the syscall guard is not attached in its
+// cheapest form the options allow: why not on kernel functions (the kernel
+// refused fentry programs) and, then, why not as the per-syscall
+// tracepoints (their ids could not be read); nil where it is.
 func (d *Datapath) SyscallGuardFallback() error {
-	if d.opts.NoSyscallGuard || d.opts.SyscallGuardBTF {
+	if d.opts.NoSyscallGuard || d.opts.SyscallGuardBTF || d.fn != nil {
 		return nil
 	}
-	_, err := d.syscallIDs()
-	return err
+	var errs []error
+	if !d.opts.SyscallGuardTracepoints && d.fnErr != nil {
+		errs = append(errs, fmt.Errorf("not on kernel functions: %w", d.fnErr))
+	}
+	if _, err := d.syscallIDs(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
-// SyscallGuard says how the syscall guard is attached: "per-syscall
-// tracepoints", "sys_enter", or "" when it is not.
+// SyscallGuard says how the syscall guard is attached: "kernel functions"
+// (fentry), "per-syscall tracepoints", "sys_enter", or "" when it is not.
 func (d *Datapath) SyscallGuard() string {
 	dir := filepath.Join(d.opts.PinDir, linksDir)
+	if _, err := os.Stat(filepath.Join(dir, fnLinkPrefix+fnGuards[0].pin)); err == nil {
+		return "kernel functions"
+	}
 	if _, err := os.Stat(filepath.Join(dir, syscallLinkPrefix+syscallEventNames[0])); err == nil {
 		return "per-syscall tracepoints"
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockhop/sockhop/pkg/datapath"
 	"github.com/sockhop/sockhop/pkg/testbed"
@@ -95,8 +96,8 @@ func TestGuardsAttachRightAfterRelease(t *testing.T) {
 		if err := e.dp.Attach(p.cgroup, datapath.PodConfig{}); err != nil {
 			t.Fatal(err)
 		}
-		if got := e.dp.SyscallGuard(); got != "per-syscall tracepoints" {
-			t.Fatalf("cycle %d: the syscall guard is attached as %q (%v), want the per-syscall tracepoints", i, got, e.dp.SyscallGuardFallback())
+		if got, want := e.dp.SyscallGuard(), defaultGuardForm(t); got != want {
+			t.Fatalf("cycle %d: the syscall guard is attached as %q (%v), want %q", i, got, e.dp.SyscallGuardFallback(), want)
 		}
 	}
 	wantGuards(t, e, true, "after 100 cycles")
@@ -117,32 +118,66 @@ func pairedSockets(t *testing.T, e *env) int {
 	return 0
 }
 
-// guardProgs are the pinned programs of the node-wide tracepoints, with
-// the syscall guard as the per-syscall tracepoints or as sys_enter.
-func guardProgs(sysEnter bool) []string {
-	names := []string{"recv", "close", "ready", "uring"}
-	if sysEnter {
-		return append(names, "sys_enter")
+// The syscall guard's forms, as SyscallGuard names them.
+const (
+	formFn       = "kernel functions"
+	formTP       = "per-syscall tracepoints"
+	formSysEnter = "sys_enter"
+)
+
+// defaultGuardForm is the form of the syscall guard with the default
+// options on this kernel: on kernel functions where it runs fentry
+// programs, else the per-syscall tracepoints (this project's CI host). A
+// kernel that refuses them must say so by a permission or support error,
+// not by a verifier error (a broken program would otherwise pass for a
+// kernel that refuses trampolines).
+func defaultGuardForm(t *testing.T) string {
+	t.Helper()
+	err := datapath.ProbeFunctionGuard()
+	if err == nil {
+		return formFn
 	}
-	return append(names, "tsplice", "tsendf", "trfrom", "trmsg", "trmmsg", "tgetopt")
+	if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, ebpf.ErrNotSupported) {
+		t.Fatalf("the function guard does not load, and not for want of trampolines: %v", err)
+	}
+	return formTP
+}
+
+// guardProgs are the pinned programs of the node-wide tracepoints, with the
+// syscall guard in the given form.
+func guardProgs(form string) []string {
+	names := []string{"recv", "close", "ready"}
+	switch form {
+	case formFn:
+		return append(names, "fsplice", "frecv", "frecvp", "fgetopt")
+	case formSysEnter:
+		return append(names, "uring", "sys_enter")
+	}
+	return append(names, "uring", "tsplice", "tsendf", "trfrom", "trmsg", "trmmsg", "tgetopt")
 }
 
 // wantGuards checks the pins and, in the kernel, the links that run the
-// datapath's node-wide tracepoint programs: the syscall guard as the
-// per-syscall tracepoints (what this host can do).
+// datapath's node-wide tracepoint programs, with the syscall guard in its
+// default form on this kernel.
 func wantGuards(t *testing.T, e *env, want bool, when string) {
 	t.Helper()
-	wantGuardProgs(t, e, want, false, when)
+	wantGuardProgs(t, e, want, defaultGuardForm(t), when)
 }
 
-func wantGuardProgs(t *testing.T, e *env, want, sysEnter bool, when string) {
+func wantGuardProgs(t *testing.T, e *env, want bool, form, when string) {
 	t.Helper()
 	progs := map[ebpf.ProgramID]string{}
-	for _, name := range append(guardProgs(false), "sys_enter") {
+	for _, name := range append(guardProgs(formTP), "sys_enter") {
 		progs[pinnedProgID(t, e, name, when)] = name
 	}
+	for _, name := range guardProgs(formFn)[3:] {
+		// Pinned only by a datapath that uses them.
+		if form == formFn || pinned(e, name) {
+			progs[pinnedProgID(t, e, name, when)] = name
+		}
+	}
 	expected := map[string]bool{}
-	for _, name := range guardProgs(sysEnter) {
+	for _, name := range guardProgs(form) {
 		expected[name] = true
 	}
 	var running, unexpected []string
@@ -166,18 +201,20 @@ func wantGuardProgs(t *testing.T, e *env, want, sysEnter bool, when string) {
 	}
 	if want && len(running) != len(expected) || len(unexpected) != 0 {
 		t.Fatalf("%s: the kernel runs %v (and %v) of the node-wide tracepoint programs, want %v", when, running, unexpected,
-			map[bool]any{true: guardProgs(sysEnter), false: "none"}[want])
+			map[bool]any{true: guardProgs(form), false: "none"}[want])
 	}
 	if got := e.dp.GuardsAttached(); got != want {
 		t.Fatalf("%s: GuardsAttached() = %v, want %v", when, got, want)
 	}
-	wantMode := map[bool]string{true: "per-syscall tracepoints", false: ""}[want]
-	if sysEnter && want {
-		wantMode = "sys_enter"
-	}
+	wantMode := map[bool]string{true: form, false: ""}[want]
 	if got := e.dp.SyscallGuard(); got != wantMode {
 		t.Fatalf("%s: SyscallGuard() = %q, want %q", when, got, wantMode)
 	}
+}
+
+func pinned(e *env, prog string) bool {
+	_, err := os.Stat(filepath.Join(e.pinDir, "progs", prog))
+	return err == nil
 }
 
 func pinnedProgID(t *testing.T, e *env, name, when string) ebpf.ProgramID {
@@ -201,22 +238,30 @@ func pinnedProgID(t *testing.T, e *env, name, when string) ebpf.ProgramID {
 	return id
 }
 
-// The syscall guard's two forms: the per-syscall tracepoints by default,
-// sys_enter with SyscallGuardBTF; a datapath loaded with the other form
-// replaces the links of the first, and either guards a splicer.
+// The syscall guard's forms: on kernel functions by default where the
+// kernel runs fentry programs, else (and with SyscallGuardTracepoints) the
+// per-syscall tracepoints, sys_enter with SyscallGuardBTF; a datapath loaded
+// with another form replaces the links of the one before, and each guards
+// a splicer.
 func TestSyscallGuardForms(t *testing.T) {
 	e := newEnv(t, datapath.Options{AppReceivers: true})
 	p := e.pod("app", true)
-	wantGuardProgs(t, e, true, false, "loaded with the defaults")
-	btf := e.opts
+	def := defaultGuardForm(t)
+	wantGuardProgs(t, e, true, def, "loaded with the defaults")
+	btf, tps := e.opts, e.opts
 	btf.SyscallGuardBTF = true
+	tps.SyscallGuardTracepoints = true
 	for i, step := range []struct {
-		opts     datapath.Options
-		sysEnter bool
-		when     string
-	}{{btf, true, "loaded again with SyscallGuardBTF"}, {e.opts, false, "loaded again with the defaults"}} {
+		opts datapath.Options
+		form string
+		when string
+	}{
+		{tps, formTP, "loaded again with SyscallGuardTracepoints"},
+		{btf, formSysEnter, "loaded again with SyscallGuardBTF"},
+		{e.opts, def, "loaded again with the defaults"},
+	} {
 		e.reload(t, step.opts)
-		wantGuardProgs(t, e, true, step.sysEnter, step.when)
+		wantGuardProgs(t, e, true, step.form, step.when)
 		// The guard in this form sees a splicing reader (a container of
 		// its own each time: the first is learnt and not paired again).
 		addr := fmt.Sprintf("127.0.0.1:%d", 8080+i)

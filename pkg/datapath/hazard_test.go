@@ -543,8 +543,10 @@ func BenchmarkGuardCost(b *testing.B) {
 // BenchmarkNodeSyscallCost measures what the receive-side tracepoints cost
 // every process on the node, attached pod or not: a getppid(2) loop with no
 // sockhop loaded, with the default datapath and a pod attached (the
-// per-syscall tracepoints and sock_recv_length), with the syscall guard as
-// sys_enter (SyscallGuardBTF), with NoSyscallGuard, and with no pod
+// syscall guard on kernel functions where the kernel runs fentry programs,
+// else the per-syscall tracepoints; and sock_recv_length), with the
+// per-syscall tracepoints (SyscallGuardTracepoints), with the syscall guard
+// as sys_enter (SyscallGuardBTF), with NoSyscallGuard, and with no pod
 // attached. Run: go test -run '^$' -bench
 // NodeSyscallCost ./pkg/datapath
 func BenchmarkNodeSyscallCost(b *testing.B) {
@@ -563,6 +565,7 @@ func BenchmarkNodeSyscallCost(b *testing.B) {
 		opts datapath.Options
 	}{
 		{"default", datapath.Options{AppReceivers: true}},
+		{"syscall-guard-tracepoints", datapath.Options{AppReceivers: true, SyscallGuardTracepoints: true}},
 		{"syscall-guard-sys_enter", datapath.Options{AppReceivers: true, SyscallGuardBTF: true}},
 		{"no-syscall-guard", datapath.Options{AppReceivers: true, NoSyscallGuard: true}},
 	} {
@@ -653,6 +656,7 @@ func BenchmarkNodeSocketCost(b *testing.B) {
 	}{
 		{"no-sockhop", nil},
 		{"default", &datapath.Options{AppReceivers: true}},
+		{"syscall-guard-tracepoints", &datapath.Options{AppReceivers: true, SyscallGuardTracepoints: true}},
 		{"syscall-guard-sys_enter", &datapath.Options{AppReceivers: true, SyscallGuardBTF: true}},
 		{"no-syscall-guard", &datapath.Options{AppReceivers: true, NoSyscallGuard: true}},
 	} {

@@ -96,5 +96,9 @@ func Open(pinDir string) (*Datapath, error) {
 			return nil, fmt.Errorf("open pinned program %s: %w", name, err)
 		}
 	}
+	if d.fn, err = openFnGuard(pinDir); err != nil {
+		d.Close()
+		return nil, err
+	}
 	return d, nil
 }
