@@ -68,6 +68,9 @@ type PeerSpec struct {
 	// Uring: the strand sink's splice goes through io_uring
 	// (IORING_OP_SPLICE) instead of the splice syscall.
 	Uring bool `json:"uring,omitempty"`
+	// UringFixed: ...with the socket registered with the ring (a fixed
+	// file, SPLICE_F_FD_IN_FIXED).
+	UringFixed bool `json:"uring_fixed,omitempty"`
 	// Client, stream: pause this long between connecting and writing.
 	ConnectPause time.Duration `json:"connect_pause,omitempty"`
 }

@@ -172,7 +172,7 @@ func strandSink(spec PeerSpec, c *net.TCPConn) {
 		var n int64
 		if spec.Uring {
 			var m int
-			m, err = uringSplice(fd, p[1], 64<<10)
+			m, err = uringSplice(fd, p[1], 64<<10, spec.UringFixed)
 			n = int64(m)
 		} else {
 			n, err = unix.Splice(fd, nil, p[1], nil, 64<<10, unix.SPLICE_F_MOVE)

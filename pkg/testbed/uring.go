@@ -12,8 +12,10 @@ import (
 // uringSplice moves up to n bytes from fdIn into fdOut with one
 // IORING_OP_SPLICE submitted to a fresh io_uring, as an io_uring-based
 // program would, and waits for its completion: the bytes moved, or the
-// error the request completed with.
-func uringSplice(fdIn, fdOut int, n uint32) (int, error) {
+// error the request completed with. fixed: fdIn is registered with the ring
+// and named by its index (SPLICE_F_FD_IN_FIXED), as programs that register
+// their sockets do.
+func uringSplice(fdIn, fdOut int, n uint32, fixed bool) (int, error) {
 	var p uringParams
 	r1, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
@@ -36,6 +38,15 @@ func uringSplice(fdIn, fdOut int, n uint32) (int, error) {
 	}
 	defer unix.Munmap(sqes)
 
+	in, flags := int32(fdIn), uint32(unix.SPLICE_F_MOVE)
+	if fixed {
+		fds := []int32{int32(fdIn)}
+		if _, _, errno := unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(ring), uringRegisterFiles,
+			uintptr(unsafe.Pointer(&fds[0])), 1, 0, 0); errno != 0 {
+			return 0, fmt.Errorf("io_uring_register(IORING_REGISTER_FILES): %w", errno)
+		}
+		in, flags = 0, flags|uringSpliceFdInFixed
+	}
 	sqe := (*uringSQE)(unsafe.Pointer(&sqes[0]))
 	*sqe = uringSQE{
 		Opcode:      uringOpSplice,
@@ -43,9 +54,9 @@ func uringSplice(fdIn, fdOut int, n uint32) (int, error) {
 		Off:         ^uint64(0), // no offsets: a socket and a pipe
 		SpliceOffIn: ^uint64(0),
 		Len:         n,
-		OpFlags:     unix.SPLICE_F_MOVE,
+		OpFlags:     flags,
 		UserData:    1,
-		SpliceFdIn:  int32(fdIn),
+		SpliceFdIn:  in,
 	}
 	u32 := func(off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&rings[off])) }
 	tail := u32(p.SqOff.Tail)
@@ -85,6 +96,10 @@ const (
 	uringOffSQEs        = 0x10000000
 	uringSQESize        = 64
 	uringCQESize        = 16
+	uringRegisterFiles  = 2
+	// SPLICE_F_FD_IN_FIXED: splice_fd_in is an index into the files
+	// registered with the ring.
+	uringSpliceFdInFixed = 1 << 31
 )
 
 type uringSQOffsets struct {
