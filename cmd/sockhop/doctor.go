@@ -66,6 +66,9 @@ type doctorInput struct {
 	// AbortErr is datapath.ProbeAbort's answer: nil when this kernel can
 	// abort a stranded receiver's connection.
 	AbortErr error
+	// FnGuardErr is datapath.ProbeFunctionGuard's answer: nil when the
+	// syscall guard can run on kernel functions (fentry).
+	FnGuardErr error
 	// PinDir is --bpffs-dir; Attached is how many cgroups are attached
 	// there, -1 when sockhop is not installed; InstalledErr says why the
 	// pins could not be read.
@@ -151,6 +154,7 @@ func gatherDoctorInput(pinDir string) doctorInput {
 	}
 	in.Checks = datapath.Checks()
 	in.AbortErr = datapath.ProbeAbort()
+	in.FnGuardErr = datapath.ProbeFunctionGuard()
 	if dp, err := datapath.Open(pinDir); err == nil {
 		atts, err := dp.Attachments()
 		in.Attached, in.InstalledErr = len(atts), err
@@ -257,16 +261,24 @@ func evaluateDoctor(in doctorInput) doctorReport {
 			"needs Linux 6.5 (bpf_sock_destroy, iter/tcp); without it a receiver that starts to splice with redirected bytes unread may stall (counted as stranded, a Warning Event names the pod), as before; everything else works")
 	}
 
-	// BPF LSM and trampolines: not needed, reported for the record.
+	// Optional: the syscall guard on kernel functions.
+	if in.FnGuardErr == nil {
+		add("syscall guard on kernel functions", levelOK, "fentry programs load: the syscall guard runs only when a socket is spliced, read with MSG_WAITALL or zerocopy-received, and costs other syscalls nothing", "")
+	} else {
+		add("syscall guard on kernel functions", levelInfo, "fentry programs are refused ("+in.FnGuardErr.Error()+"): the syscall guard is syscall tracepoints, which slow every syscall on the node while pods are accelerated (tens of ns each), and a splice through io_uring of a registered (fixed) file is not seen",
+			"BPF trampolines need a kernel with DYNAMIC_FTRACE_WITH_DIRECT_CALLS and a hypervisor that allows them; or run the agent with --syscall-guard=false to trade the guard for the cost (docs/hazards.md)")
+	}
+
+	// BPF LSM: not needed, reported for the record.
 	switch {
 	case errors.Is(in.LSMErr, os.ErrNotExist):
-		add("BPF LSM", levelInfo, "securityfs is not mounted at /sys/kernel/security, the active LSMs are unknown; sockhop needs no BPF LSM or trampolines", "")
+		add("BPF LSM", levelInfo, "securityfs is not mounted at /sys/kernel/security, the active LSMs are unknown; sockhop needs no BPF LSM", "")
 	case in.LSMErr != nil:
-		add("BPF LSM", levelInfo, "cannot read /sys/kernel/security/lsm ("+in.LSMErr.Error()+"); sockhop needs no BPF LSM or trampolines", "")
+		add("BPF LSM", levelInfo, "cannot read /sys/kernel/security/lsm ("+in.LSMErr.Error()+"); sockhop needs no BPF LSM", "")
 	case hasLSM(in.LSM, "bpf"):
-		add("BPF LSM", levelInfo, "bpf is in the active LSMs; sockhop needs no BPF LSM or trampolines", "")
+		add("BPF LSM", levelInfo, "bpf is in the active LSMs; sockhop needs no BPF LSM", "")
 	default:
-		add("BPF LSM", levelInfo, "bpf is not in the active LSMs; sockhop needs no BPF LSM or trampolines", "")
+		add("BPF LSM", levelInfo, "bpf is not in the active LSMs; sockhop needs no BPF LSM", "")
 	}
 
 	// Capabilities.

@@ -341,6 +341,9 @@ func TestDoctorWarnings(t *testing.T) {
 		{"cannot abort", func(in *doctorInput) {
 			in.AbortErr = &datapath.FeatureError{Feature: "kfunc bpf_sock_destroy", Err: errors.New("not found")}
 		}, "abort stranded receivers", levelWarn},
+		{"fentry refused", func(in *doctorInput) {
+			in.FnGuardErr = &datapath.FeatureError{Feature: "fentry programs (BPF trampolines)", Err: unix.EPERM}
+		}, "syscall guard on kernel functions", levelInfo},
 		{"self-test not run", func(in *doctorInput) { in.SelfTest = hazardLines(nil, errors.New("needs root")) }, "hazard self-test", levelWarn},
 		{"splice present", func(in *doctorInput) {
 			in.SelfTest = hazardLines(&datapath.SelfTestReport{Results: []datapath.HazardResult{

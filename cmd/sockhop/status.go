@@ -188,8 +188,9 @@ type datapathView struct {
 	// is attached or a paired socket is open; nothing else on the node
 	// pays for them otherwise).
 	NodeTracepoints bool `json:"node_tracepoints_attached"`
-	// SyscallGuard: how the syscall guard is attached ("per-syscall
-	// tracepoints" or "sys_enter"); empty while it is not.
+	// SyscallGuard: how the syscall guard is attached ("kernel
+	// functions", "per-syscall tracepoints" or "sys_enter"); empty while
+	// it is not.
 	SyscallGuard string `json:"syscall_guard,omitempty"`
 }
 
