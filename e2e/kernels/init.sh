@@ -54,7 +54,8 @@ for t in $MATRIX_TESTS; do
 	# The tests run as root in this guest, so requireRoot never skips and CI
 	# is not set: a test skips only for its own reason.
 	env $MATRIX_TEST_ENV "./$t.test" -test.v -test.count="$MATRIX_TEST_COUNT" -test.timeout="$MATRIX_TEST_TIMEOUT" \
-		${MATRIX_TEST_RUN:+-test.run="$MATRIX_TEST_RUN"} >"$out" 2>&1
+		${MATRIX_TEST_RUN:+-test.run="$MATRIX_TEST_RUN"} \
+		${MATRIX_TEST_BENCH:+-test.bench="$MATRIX_TEST_BENCH"} >"$out" 2>&1
 	rc=$?
 	say "@@@ exit test $t $rc $(($(date +%s) - start))s"
 done

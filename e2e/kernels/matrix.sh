@@ -28,6 +28,9 @@
 #   SOCKHOP_KERNEL_PKGS      Go packages whose tests run in the guest
 #                            (default: ./pkg/datapath ./cmd/sockhop)
 #   SOCKHOP_KERNEL_TEST_RUN  -test.run for every test binary (default: all)
+#   SOCKHOP_KERNEL_TEST_BENCH  -test.bench for every test binary (default:
+#                            none; with SOCKHOP_KERNEL_TEST_RUN='^$' for
+#                            benchmarks alone)
 #   SOCKHOP_KERNEL_TEST_TIMEOUT  -test.timeout per binary (default 40m)
 #   SOCKHOP_KERNEL_TEST_COUNT    -test.count (default 1; more to hunt flakes)
 #   SOCKHOP_KERNEL_TEST_ENV  extra VAR=value words for the tests in the guest
@@ -141,6 +144,7 @@ MATRIX_TESTS="${tests# }"
 MATRIX_TEST_TIMEOUT="$test_timeout"
 MATRIX_TEST_COUNT="${SOCKHOP_KERNEL_TEST_COUNT:-1}"
 MATRIX_TEST_RUN="${SOCKHOP_KERNEL_TEST_RUN:-}"
+MATRIX_TEST_BENCH="${SOCKHOP_KERNEL_TEST_BENCH:-}"
 MATRIX_TEST_ENV="$test_env"
 EOF
 (cd "$payload" && find . -print0 | cpio --null -o -H newc --owner=0:0 --quiet) >"$work/payload.cpio"
