@@ -369,6 +369,8 @@ func (d *Datapath) relinkTracing(pin string, tp nodeTracepoint) error {
 		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.raw, Program: prog})
 	case tp.event != 0:
 		l, err = attachEvent(tp.event, prog)
+	case strings.HasPrefix(tp.pin, fnLinkPrefix):
+		l, err = attachFentry(prog)
 	default:
 		l, err = link.AttachTracing(link.TracingOptions{Program: prog})
 	}
@@ -549,10 +551,18 @@ func Uninstall(pinDir string) error {
 	return errors.Join(errs...)
 }
 
+// causeOnly wraps an error without printing it (verifierError prints it
+// with the log).
+type causeOnly struct{ err error }
+
+func (c causeOnly) Error() string { return "" }
+func (c causeOnly) Unwrap() error { return c.err }
+
 func verifierError(err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
-		return fmt.Errorf("%+v", ve)
+		// The log in full, and the errno still there to test.
+		return fmt.Errorf("%+v%w", ve, causeOnly{ve.Cause})
 	}
 	return err
 }

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // The syscall guard in its cheapest form: fentry programs on the kernel
@@ -86,15 +89,25 @@ func loadFnGuard(maps map[string]*ebpf.Map) (*fguardPrograms, error) {
 }
 
 // ProbeFunctionGuard says whether this kernel runs the syscall guard on
-// kernel functions (fentry): it loads the programs on maps of their own and
-// unloads them. Without it the guard is the syscall tracepoints, which every
-// syscall on the node pays for while pods are accelerated.
+// kernel functions (fentry): it loads the programs on maps of their own,
+// attaches each (a kernel may load a trampoline program and refuse to
+// attach it) and unloads them. Without it the guard is the syscall
+// tracepoints, which every syscall on the node pays for while pods are
+// accelerated.
 func ProbeFunctionGuard() error {
 	p, err := loadFnGuard(nil)
 	if err != nil {
 		return err
 	}
-	return p.Close()
+	defer p.Close()
+	for _, g := range fnGuards {
+		l, err := attachFentry(*g.prog(p))
+		if err != nil {
+			return featureErr(fnGuardFeature, fmt.Errorf("attach the fentry program on %s: %w", g.fn, err))
+		}
+		l.Close()
+	}
+	return nil
 }
 
 // openFnGuard opens the function guard's pinned programs, or returns nil
@@ -102,10 +115,9 @@ func ProbeFunctionGuard() error {
 // or a sockhop from before them).
 func openFnGuard(pinDir string) (*fguardPrograms, error) {
 	var progs fguardPrograms
-	for _, g := range fnGuards {
+	for i, g := range fnGuards {
 		p, err := ebpf.LoadPinnedProgram(filepath.Join(pinDir, progsDir, g.pin), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			progs.Close()
+		if i == 0 && errors.Is(err, os.ErrNotExist) {
 			return nil, nil
 		}
 		if err != nil {
@@ -131,11 +143,30 @@ func (d *Datapath) fnTracepoints() []nodeTracepoint {
 	return tps
 }
 
+// attachFentry attaches an fentry program. A link of the same program that
+// was just let go (ReleaseIdleGuards, then an Attach) is freed by a kernel
+// worker a moment later; until then the function's trampoline refuses the
+// program a second time (EBUSY, bpf_trampoline_link_prog), as a tracepoint
+// does (attachEvent).
+func attachFentry(prog *ebpf.Program) (link.Link, error) {
+	for end := time.Now().Add(2 * time.Second); ; {
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(end) {
+			return l, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // dropFnGuard gives up the function guard for this datapath's life (an
-// attach was refused): the guard is the syscall tracepoints.
+// attach was refused): the guard is the syscall tracepoints. Its programs'
+// pins go too, so that Open (the CLI) does not attach it again.
 func (d *Datapath) dropFnGuard(err error) {
 	if d.fn != nil {
 		d.fn.Close()
 	}
 	d.fn, d.fnErr = nil, err
+	for _, g := range fnGuards {
+		os.Remove(filepath.Join(d.opts.PinDir, progsDir, g.pin))
+	}
 }

@@ -81,6 +81,7 @@ func (d *Datapath) ensureGuards() error {
 				// will not trace): the syscall tracepoints instead,
 				// and the links attached so far go below.
 				d.dropFnGuard(fmt.Errorf("attach %s: %w", tp.what, err))
+				d.guardsLinked = false
 				return d.ensureGuards()
 			}
 			if tp.event != 0 {
@@ -89,6 +90,7 @@ func (d *Datapath) ensureGuards() error {
 				// guard as sys_enter instead, and the per-syscall
 				// links attached so far go below.
 				d.sysIDs, d.sysErr = nil, fmt.Errorf("attach %s: %w", tp.what, err)
+				d.guardsLinked = false
 				return d.ensureGuards()
 			}
 			return fmt.Errorf("attach %s: %w", tp.what, err)

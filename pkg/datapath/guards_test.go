@@ -82,7 +82,9 @@ func TestNodeTracepointsOnlyWhileGuarding(t *testing.T) {
 // The kernel frees a released link in a worker, a moment later: until then a
 // tracepoint refuses the same program again (EEXIST), and the syscall guard
 // fell back to sys_enter for the datapath's life (within 0–24 cycles, five
-// runs).
+// runs). An fentry program's trampoline does the same (EBUSY): the function
+// guard fell back to the per-syscall tracepoints at cycle 57 on Debian's
+// 6.12.
 func TestGuardsAttachRightAfterRelease(t *testing.T) {
 	e := newEnv(t, datapath.Options{AppReceivers: true, MaxConnections: 64})
 	p := e.pod("app", true)
@@ -205,6 +207,15 @@ func wantGuardProgs(t *testing.T, e *env, want bool, form, when string) {
 	}
 	if got := e.dp.GuardsAttached(); got != want {
 		t.Fatalf("%s: GuardsAttached() = %v, want %v", when, got, want)
+	}
+	// The function guard's link pins: all of them in that form, none in
+	// another (their programs are unpinned then, so the kernel's links
+	// above cannot show a leftover).
+	for _, name := range guardProgs(formFn)[3:] {
+		_, err := os.Stat(filepath.Join(e.pinDir, "links", "fn-"+name))
+		if has := err == nil; has != (want && form == formFn) {
+			t.Fatalf("%s: link pin fn-%s present=%v with the guard attached=%v as %q", when, name, has, want, form)
+		}
 	}
 	wantMode := map[bool]string{true: form, false: ""}[want]
 	if got := e.dp.SyscallGuard(); got != wantMode {
