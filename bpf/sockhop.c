@@ -641,32 +641,55 @@ int sockhop_uring(unsigned long long *ctx)
 
 #define SH_SOL_SOCKET 1
 #define SH_SO_ZEROCOPY 60
+#define SH_SOL_TCP 6
+#define SH_TCP_ULP 31
 #define SH_EOPNOTSUPP 95
 
 /*
- * setsockopt(SO_ZEROCOPY) on a socket in the sockhash is refused with
- * EOPNOTSUPP, as for a socket that cannot do zerocopy; a sender is expected
- * to fall back to plain sends (a MSG_ZEROCOPY send without SO_ZEROCOPY is a
- * plain send, with no completion to wait for). Its sends go through
- * tcp_bpf_sendmsg, which copies them: redirected, a zerocopy send would
- * never complete, and passed to TCP each chunk of the copy takes its own
- * completion id, so that the ids would run ahead of the sender's count
- * (docs/hazards.md). A socket that has SO_ZEROCOPY when it is established
- * is not paired (sh_zerocopy). Its container is learnt: its later sockets
- * are not paired, and enable zerocopy. Runs before the kernel's
- * setsockopt, for the sockets of attached pods (a cgroup link per pod).
+ * Two setsockopts on a socket in the sockhash are refused with EOPNOTSUPP,
+ * as for a socket that cannot do what they ask; a program is expected to
+ * do without (OpenSSL, nginx and HAProxy do, as on a kernel without them).
+ * Its container is learnt: its later sockets are not paired, and are
+ * allowed both.
+ *
+ * SO_ZEROCOPY: a sender is expected to fall back to plain sends (a
+ * MSG_ZEROCOPY send without SO_ZEROCOPY is a plain send, with no completion
+ * to wait for). Its sends go through tcp_bpf_sendmsg, which copies them:
+ * redirected, a zerocopy send would never complete, and passed to TCP each
+ * chunk of the copy takes its own completion id, so that the ids would run
+ * ahead of the sender's count (docs/hazards.md). A socket that has
+ * SO_ZEROCOPY when it is established is not paired (sh_zerocopy).
+ *
+ * TCP_ULP (kTLS, "tls"; a ULP can only be set on an established socket):
+ * kTLS decrypts records from TCP's queue, and tls_sw_recvmsg returns what
+ * is redirected into the socket's psock as it is, as plaintext; and its
+ * sends run the sk_msg program on the plaintext, before encryption. So a
+ * kTLS receiver would read the ciphertext a userspace-TLS peer redirected
+ * into it, and a userspace-TLS receiver the plaintext of a kTLS sender.
+ * Without kTLS the program's userspace TLS carries the same bytes.
+ *
+ * Runs before the kernel's setsockopt, for the sockets of attached pods (a
+ * cgroup link per pod).
  */
 SEC("cgroup/setsockopt")
 int sockhop_sockopt(struct bpf_sockopt *ctx)
 {
 	struct bpf_sockopt_kern *kctx;
 	int *val = ctx->optval;
+	__u64 hazard;
 	struct sock *sk;
 
-	if (ctx->level != SH_SOL_SOCKET || ctx->optname != SH_SO_ZEROCOPY || !sh_guard)
+	if (!sh_guard)
 		return 1;
-	if ((void *)(val + 1) > ctx->optval_end || *val == 0)
-		return 1; /* disabling it (or a malformed value, the kernel's to refuse) */
+	if (ctx->level == SH_SOL_SOCKET && ctx->optname == SH_SO_ZEROCOPY) {
+		if ((void *)(val + 1) > ctx->optval_end || *val == 0)
+			return 1; /* disabling it (or a malformed value, the kernel's to refuse) */
+		hazard = SH_HAZARD_ZCSEND;
+	} else if (ctx->level == SH_SOL_TCP && ctx->optname == SH_TCP_ULP) {
+		hazard = SH_HAZARD_ULP;
+	} else {
+		return 1;
+	}
 	/* The kernel's socket: ctx->sk allows no field arithmetic. */
 	kctx = bpf_cast_to_kern_ctx(ctx);
 	sk = kctx->sk;
@@ -675,8 +698,8 @@ int sockhop_sockopt(struct bpf_sockopt *ctx)
 	/* In a sockmap (ours or not): tcp_bpf's send path. */
 	if (!sh_psock_of((__u64)sk))
 		return 1;
-	sh_learn(sh_cgroup_of(sk), SH_HAZARD_ZCSEND);
-	sh_count(SH_STAT_ZC_REFUSED, 1);
+	sh_learn(sh_cgroup_of(sk), hazard);
+	sh_count(hazard == SH_HAZARD_ULP ? SH_STAT_ULP_REFUSED : SH_STAT_ZC_REFUSED, 1);
 	bpf_set_retval(-SH_EOPNOTSUPP);
 	return 0;
 }

@@ -126,6 +126,7 @@ enum sh_hazard_flags {
 	SH_HAZARD_ZEROCOPY = 4,
 	SH_HAZARD_STRANDED = 8, /* ...while redirected bytes were unread */
 	SH_HAZARD_ZCSEND = 16,  /* enables SO_ZEROCOPY (a sender's hazard) */
+	SH_HAZARD_ULP = 32,     /* sets a TCP ULP (kTLS): redirected bytes bypass it */
 };
 
 #define SH_MAX_EXCLUDE_PORTS 16
@@ -172,6 +173,7 @@ enum sh_stat {
 	SH_STAT_ERR_PENDING,
 	SH_STAT_ERR_RX,
 	SH_STAT_INCOMING_HELD,   /* sends that could not yet let their peer retire: another thread was in their socket's send or receive path */
+	SH_STAT_ULP_REFUSED,     /* TCP_ULP (kTLS) refused on a socket in the sockhash */
 	SH_STAT_MAX,
 };
 

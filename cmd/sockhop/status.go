@@ -205,6 +205,7 @@ type countersView struct {
 	Stranded           uint64            `json:"stranded_receivers"`
 	Poisoned           uint64            `json:"poisoned_directions"`
 	ZeroCopyRefused    uint64            `json:"zerocopy_refused"`
+	ULPRefused         uint64            `json:"ulp_refused"`
 	Retired            uint64            `json:"retired_sockets"`
 	Passthrough        map[string]uint64 `json:"passthrough"`
 	MapErrors          map[string]uint64 `json:"map_errors"`
@@ -248,7 +249,7 @@ func collectStatus(pinDir string, src statusSource) (statusReport, error) {
 		PairedSockets: c.PairedSockets, RedirectedMessages: c.RedirectedMessages, RedirectedBytes: c.RedirectedBytes,
 		TCPMessages: c.TCPMessages, TCPBytes: c.TCPBytes, Passthrough: c.Passthrough, MapErrors: c.MapErrors,
 		Switches: c.Switches, UnsafeReceivers: c.UnsafeReceivers, Stranded: c.Stranded, Poisoned: c.Poisoned,
-		ZeroCopyRefused: c.ZeroCopyRefused, Retired: c.Retired,
+		ZeroCopyRefused: c.ZeroCopyRefused, ULPRefused: c.ULPRefused, Retired: c.Retired,
 	}
 	if rep.SocketsInMap, err = src.Sockets(); err != nil {
 		return rep, err
@@ -330,6 +331,7 @@ func renderStatus(w io.Writer, rep statusReport) error {
 	fmt.Fprintf(tw, "  receivers seen splicing or waiting for all\t%d (%d with redirected bytes unread, %d directions kept on redirect for them)\n",
 		c.UnsafeReceivers, c.Stranded, c.Poisoned)
 	fmt.Fprintf(tw, "  SO_ZEROCOPY refused in the sockhash\t%d (the sender falls back to plain sends)\n", c.ZeroCopyRefused)
+	fmt.Fprintf(tw, "  kTLS (TCP_ULP) refused in the sockhash\t%d (the program does without kTLS)\n", c.ULPRefused)
 	fmt.Fprintf(tw, "  left on TCP, by reason\t%s\n", cliout.Counts(c.Passthrough, "none"))
 	fmt.Fprintf(tw, "  failed map operations\t%s\n", cliout.Counts(c.MapErrors, "none"))
 	if err := tw.Flush(); err != nil {

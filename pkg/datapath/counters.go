@@ -30,6 +30,9 @@ type Counters struct {
 	// sockets in the sockhash (EOPNOTSUPP: the sender falls back to
 	// plain sends).
 	ZeroCopyRefused uint64
+	// ULPRefused counts setsockopt(TCP_ULP) calls (kTLS) refused on
+	// sockets in the sockhash (EOPNOTSUPP: the program does without kTLS).
+	ULPRefused uint64
 	// Aborted counts the connections of stranded receivers aborted
 	// (AbortStranded): both ends saw an error instead of a stall.
 	Aborted uint64
@@ -95,6 +98,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		Stranded:           get(sockhopShStatSH_STAT_RX_STRANDED),
 		Poisoned:           get(sockhopShStatSH_STAT_TX_POISONED),
 		ZeroCopyRefused:    get(sockhopShStatSH_STAT_ZC_REFUSED),
+		ULPRefused:         get(sockhopShStatSH_STAT_ULP_REFUSED),
 		Aborted:            d.aborts(),
 		Retired:            get(sockhopShStatSH_STAT_RETIRED),
 		RetireHeld:         get(sockhopShStatSH_STAT_INCOMING_HELD),
@@ -180,6 +184,9 @@ const (
 	// SawZeroCopySend: a paired socket tried to enable SO_ZEROCOPY (a
 	// sender's hazard: its zerocopy completions).
 	SawZeroCopySend = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_ZCSEND)
+	// SawULP: a paired socket tried to set a TCP ULP (kTLS), which
+	// redirected bytes would bypass.
+	SawULP = ReaderHazards(sockhopShHazardFlagsSH_HAZARD_ULP)
 )
 
 func (h ReaderHazards) String() string {
@@ -187,7 +194,7 @@ func (h ReaderHazards) String() string {
 	for _, b := range []struct {
 		bit  ReaderHazards
 		name string
-	}{{SawSplice, "splice"}, {SawWaitAll, "MSG_WAITALL"}, {SawZeroCopy, "zerocopy receive"}, {SawZeroCopySend, "SO_ZEROCOPY sends"}} {
+	}{{SawSplice, "splice"}, {SawWaitAll, "MSG_WAITALL"}, {SawZeroCopy, "zerocopy receive"}, {SawZeroCopySend, "SO_ZEROCOPY sends"}, {SawULP, "kTLS (TCP_ULP)"}} {
 		if h&b.bit != 0 {
 			parts = append(parts, b.name)
 		}

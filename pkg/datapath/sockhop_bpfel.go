@@ -32,6 +32,7 @@ const (
 	sockhopShHazardFlagsSH_HAZARD_ZEROCOPY sockhopShHazardFlags = 4
 	sockhopShHazardFlagsSH_HAZARD_STRANDED sockhopShHazardFlags = 8
 	sockhopShHazardFlagsSH_HAZARD_ZCSEND   sockhopShHazardFlags = 16
+	sockhopShHazardFlagsSH_HAZARD_ULP      sockhopShHazardFlags = 32
 )
 
 type sockhopShIp struct {
@@ -149,7 +150,8 @@ const (
 	sockhopShStatSH_STAT_ERR_PENDING     sockhopShStat = 26
 	sockhopShStatSH_STAT_ERR_RX          sockhopShStat = 27
 	sockhopShStatSH_STAT_INCOMING_HELD   sockhopShStat = 28
-	sockhopShStatSH_STAT_MAX             sockhopShStat = 29
+	sockhopShStatSH_STAT_ULP_REFUSED     sockhopShStat = 29
+	sockhopShStatSH_STAT_MAX             sockhopShStat = 30
 )
 
 type sockhopShStrand struct {

@@ -171,7 +171,7 @@ func newDatapathCollector() *datapathCollector {
 		errors: prometheus.NewDesc("sockhop_datapath_errors_total",
 			"Failed datapath operations, by operation: map operations inside the BPF programs and the agent's attach, detach and map updates.", []string{"op"}, nil),
 		guard: prometheus.NewDesc("sockhop_guard_events_total",
-			"What the receiver guard and back-pressure did, by event: switch (a direction moved from TCP to redirect), unsafe_receiver (a paired receiver seen splicing or reading with MSG_WAITALL), stranded (...while redirected bytes were unread), aborted (a stranded receiver's connection aborted, both ends see an error), retired (a socket left the sockhash to send as plain TCP), zerocopy_refused (SO_ZEROCOPY refused on a socket in the sockhash: its sender falls back to plain sends).", []string{"event"}, nil),
+			"What the receiver guard and back-pressure did, by event: switch (a direction moved from TCP to redirect), unsafe_receiver (a paired receiver seen splicing or reading with MSG_WAITALL), stranded (...while redirected bytes were unread), aborted (a stranded receiver's connection aborted, both ends see an error), retired (a socket left the sockhash to send as plain TCP), zerocopy_refused (SO_ZEROCOPY refused on a socket in the sockhash: its sender falls back to plain sends), ulp_refused (TCP_ULP, kTLS, refused on a socket in the sockhash: the program does without kTLS).", []string{"event"}, nil),
 		mapEntries: prometheus.NewDesc("sockhop_map_entries",
 			"Entries in the maps that bound acceleration (sockhash, receivers, pending).", []string{"map"}, nil),
 		mapCapacity: prometheus.NewDesc("sockhop_map_capacity",
@@ -248,7 +248,7 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, g := range []struct {
 			event string
 			n     uint64
-		}{{"switch", counters.Switches}, {"unsafe_receiver", counters.UnsafeReceivers}, {"stranded", counters.Stranded}, {"aborted", counters.Aborted}, {"retired", counters.Retired}, {"zerocopy_refused", counters.ZeroCopyRefused}} {
+		}{{"switch", counters.Switches}, {"unsafe_receiver", counters.UnsafeReceivers}, {"stranded", counters.Stranded}, {"aborted", counters.Aborted}, {"retired", counters.Retired}, {"zerocopy_refused", counters.ZeroCopyRefused}, {"ulp_refused", counters.ULPRefused}} {
 			ch <- prometheus.MustNewConstMetric(c.guard, prometheus.CounterValue, float64(g.n), g.event)
 		}
 		if fs, isFill := src.(FillSource); isFill {

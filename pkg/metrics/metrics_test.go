@@ -166,16 +166,17 @@ func TestGuardAndMapPressure(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.SetCounterSource(&fillCounters{
-		counters: counters{c: datapath.Counters{Switches: 5, UnsafeReceivers: 2, Stranded: 1, Aborted: 1, Retired: 3, ZeroCopyRefused: 4}},
+		counters: counters{c: datapath.Counters{Switches: 5, UnsafeReceivers: 2, Stranded: 1, Aborted: 1, Retired: 3, ZeroCopyRefused: 4, ULPRefused: 6}},
 		fills:    []datapath.MapFill{{Name: "sockhash", Entries: 40, Capacity: 262144}, {Name: "pending", Entries: 0, Capacity: 131072}},
 	})
 	want := `
-# HELP sockhop_guard_events_total What the receiver guard and back-pressure did, by event: switch (a direction moved from TCP to redirect), unsafe_receiver (a paired receiver seen splicing or reading with MSG_WAITALL), stranded (...while redirected bytes were unread), aborted (a stranded receiver's connection aborted, both ends see an error), retired (a socket left the sockhash to send as plain TCP), zerocopy_refused (SO_ZEROCOPY refused on a socket in the sockhash: its sender falls back to plain sends).
+# HELP sockhop_guard_events_total What the receiver guard and back-pressure did, by event: switch (a direction moved from TCP to redirect), unsafe_receiver (a paired receiver seen splicing or reading with MSG_WAITALL), stranded (...while redirected bytes were unread), aborted (a stranded receiver's connection aborted, both ends see an error), retired (a socket left the sockhash to send as plain TCP), zerocopy_refused (SO_ZEROCOPY refused on a socket in the sockhash: its sender falls back to plain sends), ulp_refused (TCP_ULP, kTLS, refused on a socket in the sockhash: the program does without kTLS).
 # TYPE sockhop_guard_events_total counter
 sockhop_guard_events_total{event="aborted"} 1
 sockhop_guard_events_total{event="retired"} 3
 sockhop_guard_events_total{event="stranded"} 1
 sockhop_guard_events_total{event="switch"} 5
+sockhop_guard_events_total{event="ulp_refused"} 6
 sockhop_guard_events_total{event="unsafe_receiver"} 2
 sockhop_guard_events_total{event="zerocopy_refused"} 4
 # HELP sockhop_map_capacity Capacity of those maps (--max-connections): past it new connections stay on TCP.
