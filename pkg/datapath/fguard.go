@@ -83,6 +83,11 @@ func loadFnGuard(maps map[string]*ebpf.Map) (*fguardPrograms, error) {
 	}
 	var progs fguardPrograms
 	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: replace}); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			// Not cilium/ebpf's guess (a memlock limit): a kernel or a
+			// hypervisor that forbids trampolines answers so.
+			return nil, featureErr(fnGuardFeature, fmt.Errorf("the kernel refuses to load them: %w", unix.EPERM))
+		}
 		return nil, featureErr(fnGuardFeature, verifierError(err))
 	}
 	return &progs, nil
