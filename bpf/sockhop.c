@@ -662,11 +662,13 @@ int sockhop_uring(unsigned long long *ctx)
  *
  * TCP_ULP (kTLS, "tls"; a ULP can only be set on an established socket):
  * kTLS decrypts records from TCP's queue, and tls_sw_recvmsg returns what
- * is redirected into the socket's psock as it is, as plaintext; and its
- * sends run the sk_msg program on the plaintext, before encryption. So a
- * kTLS receiver would read the ciphertext a userspace-TLS peer redirected
- * into it, and a userspace-TLS receiver the plaintext of a kTLS sender.
- * Without kTLS the program's userspace TLS carries the same bytes.
+ * is redirected into the socket's psock as it is, as plaintext; its sends
+ * run the sk_msg program on the plaintext, before encryption. Debian's
+ * 6.12 accepts TCP_ULP on a socket in a sockmap and then refuses its keys
+ * (TLS_RX, TLS_TX: EINVAL), so that kTLS is lost for every connection
+ * sockhop pairs; refused here, at the ULP, as on a kernel without kTLS,
+ * the container is learnt and its later connections keep kTLS. A kernel
+ * that took the keys would mix the two (docs/hazards.md, "kTLS").
  *
  * Runs before the kernel's setsockopt, for the sockets of attached pods (a
  * cgroup link per pod).
