@@ -1,10 +1,10 @@
 package testbed
 
-// Peer modes for the kTLS hazard: a server that sends a TLS 1.2 record
-// (AES-128-GCM, a key both peers know) after some plain bytes, and a client
-// that turns kernel TLS on for receiving (TCP_ULP "tls", TLS_RX) between
-// the two, as a TLS library does once its handshake is over, and checks
-// that it reads the record's plaintext.
+// Peer modes for the kTLS hazard: one end turns kernel TLS on (TCP_ULP
+// "tls", then TLS_RX or TLS_TX) after some plain bytes, as a TLS library
+// does once its handshake is over, and the other end does TLS itself; one
+// TLS 1.2 record (AES-128-GCM, a key both peers know) then crosses, and the
+// receiver checks that it reads its plaintext.
 
 import (
 	"bytes"
@@ -27,6 +27,18 @@ import (
 // close.
 const ModeTLSRecords = "tls-records"
 
+// ModeKTLSSend (server) writes Size bytes as ModeTLSRecords does, waits
+// for one byte from the client, then sets TCP_ULP "tls" and TLS_TX, and
+// writes ktlsPlaintext, which kernel TLS seals into one record; where
+// either was refused, it writes the record it sealed itself, as a program
+// that does without kernel TLS. It prints what it saw (KTLSReport: the
+// errnos, and Kernel).
+const ModeKTLSSend = "ktls-send"
+
+// ModeRecordRecv (client) reads Size bytes, tells the server to go on,
+// and reads one record, which it opens itself (KTLSReport: Intact).
+const ModeRecordRecv = "record-recv"
+
 // ModeKTLSRecv (client) reads Size bytes with read(2), then sets TCP_ULP
 // "tls" and TLS_RX; tells the server to go on; and reads the record: with
 // kernel TLS, the plaintext as the kernel decrypted it; where TCP_ULP was
@@ -37,7 +49,7 @@ const ModeKTLSRecv = "ktls-recv"
 // KTLSReport is what a ModeKTLSRecv peer saw.
 type KTLSReport struct {
 	// ULPErrno: setsockopt(TCP_ULP, "tls") failed with it (0: accepted);
-	// RxErrno: setsockopt(TLS_RX) did.
+	// RxErrno: setsockopt(TLS_RX), or TLS_TX for ModeKTLSSend, did.
 	ULPErrno int `json:"ulp_errno"`
 	RxErrno  int `json:"rx_errno"`
 	// Kernel: the record was read through kernel TLS.
@@ -63,6 +75,7 @@ var ktlsPlaintext = bytes.Repeat([]byte("plaintext of a kTLS record. "), 128)[:3
 // linux/tls.h, linux/tcp.h
 const (
 	solTLS            = 282
+	tlsTX             = 1
 	tlsRX             = 2
 	tls12Version      = 0x0303
 	tlsCipherAESGCM   = 51
@@ -73,7 +86,9 @@ const (
 
 func init() {
 	ServerModes[ModeTLSRecords] = tlsRecords
+	ServerModes[ModeKTLSSend] = ktlsSend
 	ClientModes[ModeKTLSRecv] = ktlsRecv
+	ClientModes[ModeRecordRecv] = recordRecv
 }
 
 // ktlsRecord seals ktlsPlaintext as the first (sequence 0) application
@@ -123,6 +138,89 @@ func tlsRecords(spec PeerSpec, c *net.TCPConn) {
 	io.Copy(io.Discard, c) // until the client closes
 }
 
+// ktlsOn sets TCP_ULP "tls" and the key for one direction (TLS_RX or
+// TLS_TX), and says in rep whether kernel TLS took it.
+func ktlsOn(fd, dir int, rep *KTLSReport) {
+	if err := unix.SetsockoptString(fd, unix.SOL_TCP, tcpULP, "tls"); err != nil {
+		rep.ULPErrno = errnoOf(err)
+		return
+	}
+	info := make([]byte, 0, 40) // struct tls12_crypto_info_aes_gcm_128
+	info = binary.NativeEndian.AppendUint16(info, tls12Version)
+	info = binary.NativeEndian.AppendUint16(info, tlsCipherAESGCM)
+	info = append(info, ktlsIV[:]...)
+	info = append(info, ktlsKey[:]...)
+	info = append(info, ktlsSalt[:]...)
+	info = append(info, make([]byte, 8)...) // rec_seq 0
+	if err := unix.SetsockoptString(fd, solTLS, dir, string(info)); err != nil {
+		rep.RxErrno = errnoOf(err)
+		return
+	}
+	rep.Kernel = true
+}
+
+func ktlsSend(spec PeerSpec, c *net.TCPConn) {
+	var rep KTLSReport
+	defer func() { printJSON(ktlsMarker, rep) }()
+	c.SetDeadline(time.Now().Add(HazardDeadline()))
+	buf := make([]byte, (spec.Size+3)/4)
+	for i := 0; i < 4; i++ {
+		if _, err := c.Write(buf); err != nil {
+			rep.Error = err.Error()
+			return
+		}
+		time.Sleep(StrandSettle())
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		rep.Error = err.Error()
+		return
+	}
+	fd, err := blockingFD(c)
+	if err != nil {
+		rep.Error = err.Error()
+		return
+	}
+	ktlsOn(fd, tlsTX, &rep)
+	out := ktlsRecord()
+	if rep.Kernel {
+		out = ktlsPlaintext
+	}
+	if _, err := unix.Write(fd, out); err != nil {
+		rep.Error = err.Error()
+		return
+	}
+	io.Copy(io.Discard, onlyReader{c}) // until the client closes
+}
+
+func recordRecv(spec PeerSpec) (Result, error) {
+	var rep KTLSReport
+	res := Result{Conns: 1}
+	defer func() { printJSON(ktlsMarker, rep) }()
+	c, err := Dial(spec, 0)
+	if err != nil {
+		return res, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(HazardDeadline()))
+	if _, err := io.ReadFull(c, make([]byte, spec.Size)); err != nil {
+		rep.Error = fmt.Sprintf("read the plain bytes: %v", err)
+		return res, nil
+	}
+	if _, err := c.Write([]byte{1}); err != nil {
+		rep.Error = fmt.Sprintf("tell the server: %v", err)
+		return res, nil
+	}
+	got := make([]byte, len(ktlsRecord()))
+	n, _ := io.ReadFull(c, got)
+	got = got[:n]
+	plain, err := ktlsOpen(got)
+	rep.Intact = err == nil && bytes.Equal(plain, ktlsPlaintext)
+	if !rep.Intact {
+		rep.Got = got[:min(len(got), 16)]
+	}
+	return res, nil
+}
+
 func ktlsRecv(spec PeerSpec) (Result, error) {
 	var rep KTLSReport
 	res := Result{Conns: 1}
@@ -153,22 +251,7 @@ func ktlsRecv(spec PeerSpec) (Result, error) {
 		}
 		left -= n
 	}
-	if err := unix.SetsockoptString(fd, unix.SOL_TCP, tcpULP, "tls"); err != nil {
-		rep.ULPErrno = errnoOf(err)
-	} else {
-		info := make([]byte, 0, 40) // struct tls12_crypto_info_aes_gcm_128
-		info = binary.NativeEndian.AppendUint16(info, tls12Version)
-		info = binary.NativeEndian.AppendUint16(info, tlsCipherAESGCM)
-		info = append(info, ktlsIV[:]...)
-		info = append(info, ktlsKey[:]...)
-		info = append(info, ktlsSalt[:]...)
-		info = append(info, make([]byte, 8)...) // rec_seq 0
-		if err := unix.SetsockoptString(fd, solTLS, tlsRX, string(info)); err != nil {
-			rep.RxErrno = errnoOf(err)
-		} else {
-			rep.Kernel = true
-		}
-	}
+	ktlsOn(fd, tlsRX, &rep)
 	if _, err := unix.Write(fd, []byte{1}); err != nil {
 		return fail("tell the server: %v", err)
 	}
@@ -197,7 +280,8 @@ func ktlsRecv(spec PeerSpec) (Result, error) {
 	return res, nil
 }
 
-// KTLSRecv is the report a finished ModeKTLSRecv peer printed.
+// KTLSRecv is the report a finished ModeKTLSRecv, ModeKTLSSend or
+// ModeRecordRecv peer printed.
 func KTLSRecv(p *Peer) (KTLSReport, error) {
 	var rep KTLSReport
 	if !markedJSON(p.Stderr(), ktlsMarker, &rep) {
