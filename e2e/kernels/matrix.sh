@@ -87,13 +87,13 @@ fi
 [ -n "$patience" ] && test_env="SOCKHOP_TEST_PATIENCE=$patience $test_env"
 
 # Modules the tests use (veth pairs, iptables REDIRECT with the owner match,
-# ss's socket diagnostics, kTLS for the hazard checks), with what they need.
+# ss's socket diagnostics, kTLS and its AES-GCM for the hazard checks), with what they need.
 # crc32c_generic comes before nf_conntrack: on 6.12 libcrc32c needs it loaded
 # first or the nat table is missing. A module built into a kernel is skipped.
 modules=(crc32c_generic libcrc32c veth nf_conntrack nf_nat nf_tables nft_compat nft_chain_nat
 	x_tables ip_tables ip6_tables iptable_nat ip6table_nat iptable_filter ip6table_filter
 	xt_REDIRECT xt_owner xt_tcpudp xt_nat xt_conntrack xt_mark xt_multiport xt_comment
-	inet_diag tcp_diag udp_diag tls)
+	inet_diag tcp_diag udp_diag tls gcm ghash_generic)
 # Dynamically linked tools, copied with their libraries (ldd).
 tools=(ip ss iptables ip6tables sysctl setpriv taskset kmod)
 
