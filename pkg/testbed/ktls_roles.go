@@ -225,11 +225,7 @@ func ktlsRecv(spec PeerSpec) (Result, error) {
 	var rep KTLSReport
 	res := Result{Conns: 1}
 	defer func() { printJSON(ktlsMarker, rep) }()
-	fail := func(format string, args ...any) (Result, error) {
-		rep.Error = fmt.Sprintf(format, args...)
-		res.Errors = append(res.Errors, rep.Error)
-		return res, nil
-	}
+	fail := failWith(&res, &rep.Error)
 	c, err := Dial(spec, 0)
 	if err != nil {
 		return res, err

@@ -52,11 +52,7 @@ func zeroCopySend(spec PeerSpec) (Result, error) {
 	var rep ZeroCopyReport
 	res := Result{Conns: 1}
 	defer func() { printJSON(zeroCopyMarker, rep) }()
-	fail := func(format string, args ...any) (Result, error) {
-		rep.Error = fmt.Sprintf(format, args...)
-		res.Errors = append(res.Errors, rep.Error)
-		return res, nil
-	}
+	fail := failWith(&res, &rep.Error)
 	spec.ZeroCopy = spec.Size <= 0
 	c, err := Dial(spec, 0)
 	if err != nil {
@@ -148,6 +144,17 @@ func zeroCopySend(spec PeerSpec) (Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// failWith is how a reporting client fails: the error goes into its report
+// (field) and its result, and the client ends normally, so that the report
+// is printed.
+func failWith(res *Result, field *string) func(format string, args ...any) (Result, error) {
+	return func(format string, args ...any) (Result, error) {
+		*field = fmt.Sprintf(format, args...)
+		res.Errors = append(res.Errors, *field)
+		return *res, nil
+	}
 }
 
 // zeroCopyCompletions reads one message of the error queue: how many
