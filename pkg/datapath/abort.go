@@ -149,8 +149,8 @@ func loadAborter(replace map[string]*ebpf.Map) (*aborter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse the abort object: %w", err)
 	}
-	for name, m := range replace {
-		spec.Maps[name].MaxEntries = m.MaxEntries() // sized by Options
+	if replace, err = sharedMaps(spec, replace); err != nil {
+		return nil, err
 	}
 	var objs struct {
 		Prog *ebpf.Program `ebpf:"sockhop_abort"`
@@ -202,11 +202,7 @@ func (d *Datapath) AbortStranded(netnsPath string) ([]Strand, error) {
 	d.abortMu.Lock()
 	defer d.abortMu.Unlock()
 	if d.abort == nil {
-		d.abort, err = loadAborter(map[string]*ebpf.Map{
-			abortMapSockhopStrand: d.objs.SockhopStrand,
-			abortMapSockhopRx:     d.objs.SockhopRx,
-			abortMapSockhopAborts: d.objs.SockhopAborts,
-		})
+		d.abort, err = loadAborter(d.objs.maps())
 		if err != nil {
 			return nil, err
 		}

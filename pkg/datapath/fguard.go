@@ -56,30 +56,44 @@ func (o *sockhopObjects) maps() map[string]*ebpf.Map {
 	}
 }
 
-// loadFnGuard loads the function guard on the given maps (nil: its own, for
-// the probe). Every map one of its programs uses must be given: a map of
-// its own would be a guard that marks nothing the datapath reads.
+// sharedMaps picks, from maps (the datapath's, by name), every map a program
+// of spec uses, and sizes spec's to match: an object loaded next to the
+// datapath (the abort iterator, the function guard) works on its maps. A
+// map used and not given is an error: a map of its own would be a guard or
+// an abort that sees nothing the datapath does. nil maps: none (a probe,
+// on maps of its own).
+func sharedMaps(spec *ebpf.CollectionSpec, maps map[string]*ebpf.Map) (map[string]*ebpf.Map, error) {
+	replace := map[string]*ebpf.Map{}
+	if maps == nil {
+		return replace, nil
+	}
+	for _, p := range spec.Programs {
+		for _, ins := range p.Instructions {
+			name := ins.Reference()
+			if !ins.IsLoadFromMap() || name == "" {
+				continue
+			}
+			m := maps[name]
+			if m == nil {
+				return nil, fmt.Errorf("program %s uses map %s, which the datapath does not share", p.Name, name)
+			}
+			spec.Maps[name].MaxEntries = m.MaxEntries() // sized by Options
+			replace[name] = m
+		}
+	}
+	return replace, nil
+}
+
+// loadFnGuard loads the function guard on the datapath's maps (nil: its
+// own, for the probe).
 func loadFnGuard(maps map[string]*ebpf.Map) (*fguardPrograms, error) {
 	spec, err := loadFguard()
 	if err != nil {
 		return nil, fmt.Errorf("parse the function guard object: %w", err)
 	}
-	replace := map[string]*ebpf.Map{}
-	if maps != nil {
-		for _, p := range spec.Programs {
-			for _, ins := range p.Instructions {
-				name := ins.Reference()
-				if !ins.IsLoadFromMap() || name == "" {
-					continue
-				}
-				m := maps[name]
-				if m == nil {
-					return nil, fmt.Errorf("function guard program %s uses map %s, which the datapath does not share", p.Name, name)
-				}
-				spec.Maps[name].MaxEntries = m.MaxEntries() // sized by Options
-				replace[name] = m
-			}
-		}
+	replace, err := sharedMaps(spec, maps)
+	if err != nil {
+		return nil, err
 	}
 	var progs fguardPrograms
 	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: replace}); err != nil {

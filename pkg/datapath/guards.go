@@ -35,7 +35,7 @@ func (d *Datapath) nodeTracepoints() []nodeTracepoint {
 		{pin: closeLinkID, prog: d.objs.SockhopClose, what: "the socket state tracepoint"},
 		{pin: readyLinkID, prog: d.objs.SockhopReady, what: "the data ready tracepoint"},
 	}
-	if fn := d.fnTracepoints(); !d.opts.NoSyscallGuard && fn != nil {
+	if fn := d.fnTracepoints(); fn != nil {
 		// A splice submitted through io_uring reaches tcp_splice_read
 		// too: no io_uring tracepoint.
 		return append(tps, fn...)
