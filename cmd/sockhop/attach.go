@@ -21,6 +21,7 @@ type loadFlags struct {
 	appReceivers bool
 	proxyUIDs    []uint
 	backlogLimit int
+	syscallGuard bool
 }
 
 func (f *loadFlags) register(cmd *cobra.Command) {
@@ -34,10 +35,13 @@ func (f *loadFlags) register(cmd *cobra.Command) {
 		"uids of the sidecar proxies whose sockets are always safe to redirect into (at most 4)")
 	cmd.Flags().IntVar(&f.backlogLimit, "backlog-limit", datapath.DefaultBacklogLimit,
 		"unread redirected bytes per receiver before its sender goes back to TCP (-1: unbounded)")
+	cmd.Flags().BoolVar(&f.syscallGuard, "syscall-guard", true,
+		"mark a receiver unsafe before it splices or reads with MSG_WAITALL (as the agent's flag: fentry programs, or syscall tracepoints where the kernel refuses them, which slow every syscall on the node)")
 }
 
 func (f *loadFlags) options(pinDir string) (datapath.Options, error) {
-	opts := datapath.Options{PinDir: pinDir, AppReceivers: f.appReceivers, BacklogLimit: f.backlogLimit}
+	opts := datapath.Options{PinDir: pinDir, AppReceivers: f.appReceivers, BacklogLimit: f.backlogLimit,
+		NoSyscallGuard: !f.syscallGuard}
 	if len(f.proxyUIDs) > 4 {
 		return opts, cliout.Usagef("--proxy-uids: at most 4 uids, got %d", len(f.proxyUIDs))
 	}

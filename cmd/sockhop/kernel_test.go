@@ -433,6 +433,44 @@ func TestAttachRefusesNested(t *testing.T) {
 	refused("outer/inner", "inside "+dirs["outer"])
 }
 
+// TestAttachSyscallGuardFlag: --syscall-guard=false installs the datapath
+// without the syscall guard (the other node-wide tracepoints still come with
+// the pod), and the default installs it.
+func TestAttachSyscallGuardFlag(t *testing.T) {
+	requireKernel(t)
+	bed, _, sh := cliBed(t)
+	pod, err := bed.Cgroup("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := func() datapathView {
+		t.Helper()
+		out, errOut, code := sh("status", "-o", "json", "--skip-self-test")
+		if code != 0 {
+			t.Fatalf("status: exit %d: %s", code, errOut)
+		}
+		var rep statusReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatal(err)
+		}
+		return rep.Datapath
+	}
+	for _, tc := range []struct {
+		flags []string
+		guard bool
+	}{{[]string{"--syscall-guard=false"}, false}, {nil, true}} {
+		if _, errOut, code := sh(append([]string{"attach", pod}, tc.flags...)...); code != 0 {
+			t.Fatalf("attach %v: exit %d: %s", tc.flags, code, errOut)
+		}
+		if v := view(); !v.NodeTracepoints || (v.SyscallGuard != "") != tc.guard {
+			t.Errorf("attach %v: node tracepoints %v, syscall guard %q (want one: %v)", tc.flags, v.NodeTracepoints, v.SyscallGuard, tc.guard)
+		}
+		if _, errOut, code := sh("uninstall", "--yes"); code != 0 {
+			t.Fatalf("uninstall: exit %d: %s", code, errOut)
+		}
+	}
+}
+
 // TestUninstallWithAnOpenConnection: after an uninstall, a connection paired
 // before it keeps the sk_msg program (and its maps) in the kernel; status
 // says so, the connection loses no byte, and the programs go when it
