@@ -104,7 +104,25 @@ func suiteCases() []caseSpec {
 			policy:      PolicyMechanism, expect: ExpectRedirect,
 		})
 	}
+	// The defaults without the syscall guard, next to the same cases
+	// with it: what its tracepoints cost where the kernel refuses fentry.
+	for _, c := range cs {
+		switch c.id {
+		case "app-proxy-pingpong-1cpu-64B", "app-proxy-pingpong-1cpu-16KiB", "http-proxy-1cpu-1KiB",
+			"bulk-1cpu-1KiB", "bulk-1cpu-64KiB", "bulk-2cpu-1KiB", "bulk-2cpu-64KiB":
+			cs = append(cs, noSyscallGuardCase(c))
+		}
+	}
 	return cs
+}
+
+// noSyscallGuardCase is the same case on the default datapath without the
+// syscall guard (--syscall-guard=false).
+func noSyscallGuardCase(c caseSpec) caseSpec {
+	c.id += "-nosyscallguard"
+	c.policy = PolicyNoSyscallGuard
+	c.description += ", without the syscall guard (--syscall-guard=false)"
+	return c
 }
 
 // unboundedCase is the same bulk case on a datapath without a backlog limit.

@@ -49,10 +49,17 @@ const (
 	// behind the receiver guard, with the back-pressure bound.
 	PolicyDefault = "default"
 	// PolicyMechanism is the redirect alone: every direction from its
-	// first byte, no receiver guard (Options.Unguarded), bounded.
+	// first byte, no receiver guard (Options.Unguarded) and so no syscall
+	// guard, bounded.
 	PolicyMechanism      = "mechanism"
 	PolicyProxyReceivers = "proxy-receivers" // --app-receivers=false: redirect into uid 1337/2102/5678 only, guarded
 	PolicyUnbounded      = "mechanism, no backlog limit"
+	// PolicyNoSyscallGuard is the default without the syscall guard
+	// (--syscall-guard=false): what the syscall tracepoints cost where
+	// the kernel refuses fentry programs, and about what the default
+	// gives where it runs them (the guard is then on the kernel
+	// functions, which syscalls that do not read a socket never reach).
+	PolicyNoSyscallGuard = "default, no syscall guard"
 )
 
 // What a case's ON rounds must show in the counters.
@@ -114,6 +121,9 @@ type Round struct {
 	// round (ON rounds: always; OFF rounds: never, as on a node without
 	// sockhop).
 	Tracepoints bool `json:"node_tracepoints"`
+	// SyscallGuard is the form the syscall guard was attached in during
+	// the round (datapath.SyscallGuard), "" when it was not.
+	SyscallGuard string `json:"syscall_guard,omitempty"`
 }
 
 // Counters is what the datapath counted during one round.
@@ -208,6 +218,9 @@ func (c CaseResult) verify() error {
 		}
 		if rd.Tracepoints != (rd.Mode == ModeOn) {
 			errs = append(errs, fmt.Errorf("round %d (%s): node-wide tracepoints attached: %v (want them in ON rounds only: OFF is plain TCP as without sockhop)", i, rd.Mode, rd.Tracepoints))
+		}
+		if want := rd.Mode == ModeOn && c.Policy != PolicyMechanism && c.Policy != PolicyUnbounded && c.Policy != PolicyNoSyscallGuard; (rd.SyscallGuard != "") != want {
+			errs = append(errs, fmt.Errorf("round %d (%s): syscall guard %q, want one: %v (ON rounds of policy %q)", i, rd.Mode, rd.SyscallGuard, want, c.Policy))
 		}
 		switch {
 		case rd.Mode == ModeOff:

@@ -88,11 +88,12 @@ func TestSelected(t *testing.T) {
 // goodCase is a case whose counters show redirect in ON rounds only.
 func goodCase() CaseResult {
 	return CaseResult{
-		ID: "pingpong-1cpu-64B", Kind: KindPingPong, Expect: ExpectRedirect,
+		ID: "pingpong-1cpu-64B", Kind: KindPingPong, Policy: PolicyDefault, Expect: ExpectRedirect,
 		Metrics: []Metric{{Name: "p50", Unit: "us", Off: 14, On: 8, Ratio: 1.75, LowerIsBetter: true}},
 		Rounds: []Round{
 			{Mode: ModeOff, Value: 14},
-			{Mode: ModeOn, Value: 8, Counters: Counters{PairedSockets: 2, RedirectedBytes: 1 << 20}, Tracepoints: true},
+			{Mode: ModeOn, Value: 8, Counters: Counters{PairedSockets: 2, RedirectedBytes: 1 << 20}, Tracepoints: true,
+				SyscallGuard: "per-syscall tracepoints"},
 		},
 	}
 }
@@ -110,6 +111,10 @@ func TestVerify(t *testing.T) {
 		"map errors":        func(c *CaseResult) { c.Rounds[1].Counters.MapErrors = 1 },
 		"off traced":        func(c *CaseResult) { c.Rounds[0].Tracepoints = true },
 		"on untraced":       func(c *CaseResult) { c.Rounds[1].Tracepoints = false },
+		"on unguarded":      func(c *CaseResult) { c.Rounds[1].SyscallGuard = "" },
+		"off guarded":       func(c *CaseResult) { c.Rounds[0].SyscallGuard = "sys_enter" },
+		"guarded without":   func(c *CaseResult) { c.Policy = PolicyNoSyscallGuard },
+		"mechanism guarded": func(c *CaseResult) { c.Policy = PolicyMechanism },
 		"remote paired": func(c *CaseResult) {
 			c.Expect = ExpectRemote
 			c.Rounds[1].Counters.Passthrough = map[string]uint64{datapath.ReasonRemote: 1}
@@ -120,6 +125,11 @@ func TestVerify(t *testing.T) {
 		if err := (Report{Cases: []CaseResult{c}}).Verify(); err == nil {
 			t.Errorf("%s: Verify passed", name)
 		}
+	}
+	bare := goodCase()
+	bare.Policy, bare.Rounds[1].SyscallGuard = PolicyNoSyscallGuard, ""
+	if err := (Report{Cases: []CaseResult{bare}}).Verify(); err != nil {
+		t.Errorf("a sound case without the syscall guard fails: %v", err)
 	}
 	remote := goodCase()
 	remote.Expect = ExpectRemote
