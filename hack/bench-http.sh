@@ -8,6 +8,7 @@
 # with their range; checks the accelerated rounds were really redirected.
 #
 #   sudo make bench-http                # or: sudo hack/bench-http.sh [ROUNDS]
+#   SOCKHOP_ATTACH_FLAGS=--syscall-guard=false ...: sockhop with other options
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . hack/lib/benchpod.sh
@@ -71,7 +72,7 @@ run() {
 		{ echo "$0: wrk failed or got errors: $out" >&2; exit 1; }
 }
 
-echo "wrk -> HAProxy sidecar (uid 1337) -> HAProxy app (uid 1000), ${body} B bodies, $conns keep-alive connections, CPU $cpu, ${secs}s per run, $rounds pairs; $(uname -r); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "wrk -> HAProxy sidecar (uid 1337) -> HAProxy app (uid 1000), ${body} B bodies, $conns keep-alive connections, CPU $cpu, ${secs}s per run, $rounds pairs; $(uname -r); options: ${SOCKHOP_ATTACH_FLAGS:-default}; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 rps_ratios=()
 p50_ratios=()
 for r in $(seq "$rounds"); do

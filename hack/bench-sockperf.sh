@@ -8,6 +8,7 @@
 # accelerated rounds were really redirected (sockhop's counters).
 #
 #   sudo make bench-sockperf            # or: sudo hack/bench-sockperf.sh [ROUNDS] [SIZES...]
+#   SOCKHOP_ATTACH_FLAGS=--syscall-guard=false ...: sockhop with other options
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . hack/lib/benchpod.sh
@@ -30,7 +31,7 @@ p50() {
 }
 
 benchpod_up
-echo "sockperf ping-pong, uid 1000 -> uid 1337 server, CPU $cpu, ${secs}s per run, $rounds pairs per size; $(uname -r); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "sockperf ping-pong, uid 1000 -> uid 1337 server, CPU $cpu, ${secs}s per run, $rounds pairs per size; $(uname -r); options: ${SOCKHOP_ATTACH_FLAGS:-default}; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for size in "${sizes[@]}"; do
 	ratios=()
 	for r in $(seq "$rounds"); do

@@ -65,7 +65,12 @@ stop_background() {
 	benchpod_pids=()
 }
 
-accelerate() { "$sockhop" --bpffs-dir "/sys/fs/bpf/$benchpod" attach "$benchpod/pod" >/dev/null; }
+# SOCKHOP_ATTACH_FLAGS: datapath options other than the defaults, e.g.
+# --syscall-guard=false (the first attach installs the datapath with them).
+accelerate() {
+	# shellcheck disable=SC2086 # several flags
+	"$sockhop" --bpffs-dir "/sys/fs/bpf/$benchpod" attach "$benchpod/pod" ${SOCKHOP_ATTACH_FLAGS:-} >/dev/null
+}
 # plain: detach the pod; with nothing left to guard the node-wide
 # tracepoints go too, so that plain runs are plain TCP as without sockhop
 # (checked: a plain run with them attached would hide what they cost).
