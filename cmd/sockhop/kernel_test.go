@@ -49,6 +49,20 @@ type statusJSON struct {
 	Datapath    datapathView     `json:"datapath"`
 }
 
+// statusOf runs status -o json (without the self-test) through sh.
+func statusOf(t *testing.T, sh func(args ...string) (string, string, int)) statusJSON {
+	t.Helper()
+	out, errOut, code := sh("status", "-o", "json", "--skip-self-test")
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+	var s statusJSON
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	return s
+}
+
 // cliBed gives a kernel test of the CLI a testbed, a bpffs directory of its
 // own (uninstalled at the end) and sh, which runs the CLI on it.
 func cliBed(t *testing.T) (*testbed.Bed, string, func(args ...string) (string, string, int)) {
@@ -81,18 +95,7 @@ func cliBed(t *testing.T) (*testbed.Bed, string, func(args ...string) (string, s
 func TestAttachStatusDetach(t *testing.T) {
 	requireKernel(t)
 	bed, pinDir, sh := cliBed(t)
-	status := func() statusJSON {
-		t.Helper()
-		out, errOut, code := sh("status", "-o", "json", "--skip-self-test")
-		if code != 0 {
-			t.Fatalf("status: exit %d: %s", code, errOut)
-		}
-		var s statusJSON
-		if err := json.Unmarshal([]byte(out), &s); err != nil {
-			t.Fatalf("status JSON: %v\n%s", err, out)
-		}
-		return s
-	}
+	status := func() statusJSON { t.Helper(); return statusOf(t, sh) }
 
 	// A cgroup laid out as kubelet's cgroupfs driver names a BestEffort pod.
 	const uid = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -443,18 +446,7 @@ func TestAttachSyscallGuardFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	view := func() datapathView {
-		t.Helper()
-		out, errOut, code := sh("status", "-o", "json", "--skip-self-test")
-		if code != 0 {
-			t.Fatalf("status: exit %d: %s", code, errOut)
-		}
-		var rep statusReport
-		if err := json.Unmarshal([]byte(out), &rep); err != nil {
-			t.Fatal(err)
-		}
-		return rep.Datapath
-	}
+	view := func() datapathView { t.Helper(); return statusOf(t, sh).Datapath }
 	for _, tc := range []struct {
 		flags []string
 		guard bool
