@@ -148,16 +148,15 @@ func (s *suite) variant(policy string) (*variant, error) {
 	dir := "default"
 	switch policy {
 	case PolicyMechanism:
-		// Every direction redirected whatever its receiver does: there
-		// is nothing for the syscall guard to mark.
-		opts.Unguarded, opts.NoSyscallGuard, dir = true, true, "mechanism"
+		opts.Unguarded, dir = true, "mechanism"
 	case PolicyProxyReceivers:
 		opts, dir = datapath.Options{}, "proxy"
 	case PolicyUnbounded:
-		opts.Unguarded, opts.NoSyscallGuard, opts.BacklogLimit, dir = true, true, -1, "unbounded"
+		opts.Unguarded, opts.BacklogLimit, dir = true, -1, "unbounded"
 	case PolicyNoSyscallGuard:
-		opts.NoSyscallGuard, dir = true, "nosyscallguard"
+		dir = "nosyscallguard"
 	}
+	opts.NoSyscallGuard = !syscallGuarded(policy)
 	opts.PinDir = filepath.Join(s.pinRoot, dir)
 	v := &variant{pinDir: opts.PinDir}
 	// Registered before loading: close uninstalls whatever a failed load pinned.
@@ -480,19 +479,6 @@ func (s *suite) guardsAttached() bool {
 	return false
 }
 
-// syscallGuard is the form of the first attached syscall guard of the
-// loaded datapaths, "" when none is attached.
-func (s *suite) syscallGuard() string {
-	for _, v := range s.variants {
-		if v.dp != nil {
-			if form := v.dp.SyscallGuard(); form != "" {
-				return form
-			}
-		}
-	}
-	return ""
-}
-
 // round runs the client once in one mode. It returns the round, its
 // latency samples (ns) and its rate (MiB/s or conn/s).
 func (s *suite) round(ctx context.Context, v *variant, st *setup, c caseSpec, mode string) (Round, []int64, float64, error) {
@@ -505,7 +491,7 @@ func (s *suite) round(ctx context.Context, v *variant, st *setup, c caseSpec, mo
 		return r, nil, 0, err
 	}
 	r.Tracepoints = s.guardsAttached()
-	r.SyscallGuard = s.syscallGuard()
+	r.SyscallGuard = v.dp.SyscallGuard()
 	before, err := v.dp.Counters()
 	if err != nil {
 		return r, nil, 0, err
